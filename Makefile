@@ -1,0 +1,33 @@
+# Two commands matter on a fresh machine:
+#   make demo   sets up .venv and runs train.py on its embedded default (synthetic, CPU, minutes)
+#   make test   sets up .venv and runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -n 2
+
+.PHONY: venv demo test bench bench-quick clean
+
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) train.py --workdir=workdirs/demo
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+bench: venv
+	$(PY) benchmarks/run.py
+
+bench-quick: venv
+	$(PY) benchmarks/run.py --quick
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache

@@ -1,0 +1,24 @@
+"""Attention blocks (NHWC, Flax NNX): Polarized Self-Attention and the blocks it is compared with."""
+
+from psa_jax.layers.cbam import CBAM
+from psa_jax.layers.conv import Conv2d
+from psa_jax.layers.global_context import GlobalContext
+from psa_jax.layers.non_local import NonLocal
+from psa_jax.layers.norm import BatchNorm, LayerNorm
+from psa_jax.layers.psa import (
+    PSA_p,
+    PSA_s,
+    ChannelOnlyAttention,
+    PolarizedSelfAttention,
+    SpatialOnlyAttention,
+    channel_only,
+    spatial_only,
+)
+from psa_jax.layers.registry import ATTENTION_NAMES, Identity, make_attention
+from psa_jax.layers.squeeze_excitation import SqueezeExcitation
+
+__all__ = [
+    "PolarizedSelfAttention", "PSA_p", "PSA_s", "ChannelOnlyAttention", "SpatialOnlyAttention",
+    "channel_only", "spatial_only", "SqueezeExcitation", "CBAM", "GlobalContext", "NonLocal",
+    "Identity", "make_attention", "ATTENTION_NAMES", "Conv2d", "BatchNorm", "LayerNorm",
+]

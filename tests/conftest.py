@@ -1,0 +1,23 @@
+"""Test configuration. Device count and log levels must be set before JAX/TF are imported."""
+import os
+
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# A copy of ../shared/data/coco_sample (4 real COCO val2017 images, see its README), kept in the
+# repository so that the suite runs from any clean checkout.
+COCO_SAMPLE = REPO / "tests" / "data" / "coco_sample"
+
+
+@pytest.fixture(scope="session")
+def coco_sample_dir() -> pathlib.Path:
+    """The 4-image COCO val2017 sample in COCO's own layout (read-only)."""
+    if not COCO_SAMPLE.is_dir():
+        pytest.fail(f"COCO sample not found at {COCO_SAMPLE}; it is part of the repository (tests/data/)")
+    return COCO_SAMPLE

@@ -1,0 +1,102 @@
+"""Flip test: flipped-sample round trips on the real COCO sample, the shift convention, wiring."""
+import numpy as np
+import pytest
+
+from psa_jax.data.pose_pipeline import build_coco_keypoints, flip_joints_in_crop, make_eval_data
+from psa_jax.data.pose_targets import PoseCodec
+from psa_jax.evaluation.flip_test import (
+    average_with_flipped, default_shift_heatmap, flip_back, flip_images, flip_test)
+from psa_jax.evaluation.keypoint_decoding import decode_heatmaps
+
+
+@pytest.fixture(scope="module")
+def sample_data_dir(tmp_path_factory, coco_sample_dir):
+    data_dir = tmp_path_factory.mktemp("coco_keypoints")
+    build_coco_keypoints(coco_sample_dir, data_dir)
+    return data_dir
+
+
+def _crop_joints(data_dir, codec):
+    data = make_eval_data(data_dir, boxes="gt", codec=codec, progress=False)
+    return data.codec, np.stack([data.transform(data.source[i])["joints"] for i in range(len(data.source))])
+
+
+def test_flip_back_is_an_involution_and_swaps_pairs():
+    rng = np.random.default_rng(0)
+    hm = rng.random((2, 8, 6, 17)).astype(np.float32)
+    np.testing.assert_array_equal(flip_back(flip_back(hm)), hm)
+    np.testing.assert_array_equal(flip_back(hm)[..., 1], hm[:, :, ::-1, 2])  # left eye <- mirrored right eye
+    np.testing.assert_array_equal(flip_back(hm)[..., 0], hm[:, :, ::-1, 0])  # nose stays
+    images = rng.random((2, 8, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(flip_images(flip_images(images)), images)
+
+
+@pytest.mark.parametrize("name", ["msra", "dark", "udp"])
+def test_flipped_sample_decodes_to_the_unflipped_result(sample_data_dir, name):
+    """Targets of the mirrored crop, flipped back, decode where the unflipped targets decode:
+    exactly for UDP; 0.75 heatmap px to the left for the standard warp (HRNet's stride-4
+    misalignment), which the 1 px shift turns into +0.25 px."""
+    codec, joints = _crop_joints(sample_data_dir, name)
+    assert len(joints) == 12
+    vis = joints[..., 2] > 0
+    hm = np.stack([codec.encode(j[:, :2], j[:, 2])[0] for j in joints])
+    flipped = flip_joints_in_crop(joints, codec.input_wh[0])
+    hm_f = np.stack([codec.encode(j[:, :2], j[:, 2])[0] for j in flipped])
+    base, _ = decode_heatmaps(hm, name)
+    back, _ = decode_heatmaps(flip_back(hm_f), name)
+    # joints whose Gaussians sit well inside the heatmap (border effects aside)
+    w = codec.heatmap_wh[0]
+    h = codec.heatmap_wh[1]
+    inner = vis & (base[..., 0] > 3) & (base[..., 0] < w - 4) & (base[..., 1] > 3) & (base[..., 1] < h - 4)
+    assert inner.sum() > 100
+    dx = (back - base)[..., 0][inner]
+    dy = (back - base)[..., 1][inner]
+    np.testing.assert_allclose(dy, 0, atol=1e-5)
+    if name == "udp":
+        np.testing.assert_allclose(dx, 0, atol=1e-5)  # float32 crop coordinates
+    elif name == "dark":
+        np.testing.assert_allclose(dx, -0.75, atol=1e-3)
+    else:  # msra rounds both centres to whole pixels: -0.75 on average, never more than 1 px off
+        assert abs(dx.mean() + 0.75) < 0.2 and np.all(np.abs(dx + 0.75) <= 0.75)
+    if name != "udp":
+        shifted = flip_back(hm_f)  # HRNet SHIFT_HEATMAP: out[..., 1:] = out[..., :-1]
+        shifted[:, :, 1:] = shifted[:, :, :-1].copy()
+        dx_shift = (decode_heatmaps(shifted, name)[0] - base)[..., 0][inner]
+        if name == "dark":
+            np.testing.assert_allclose(dx_shift, 0.25, atol=1e-3)
+        else:
+            assert abs(dx_shift.mean() - 0.25) < 0.2
+
+
+def test_shift_defaults_follow_the_references():
+    assert default_shift_heatmap("msra") and default_shift_heatmap("dark") and not default_shift_heatmap("udp")
+    with pytest.raises(ValueError):
+        default_shift_heatmap("x")
+
+
+def test_flip_test_averages_the_mirrored_prediction():
+    rng = np.random.default_rng(1)
+    images = rng.random((2, 16, 12, 3)).astype(np.float32)
+
+    def predict(x):  # any deterministic "model": heatmaps from the first input channel, per joint
+        base = x[:, ::4, ::4, 0]
+        return np.stack([base * (k + 1) for k in range(17)], axis=-1)
+
+    out = flip_test(predict, images, shift_heatmap=True)
+    a = predict(images)
+    b = flip_back(predict(images[:, :, ::-1]))
+    b[:, :, 1:] = b[:, :, :-1].copy()
+    np.testing.assert_allclose(out, (a + b) / 2)
+    out_udp = flip_test(predict, images, shift_heatmap=False)
+    np.testing.assert_allclose(out_udp, (a + flip_back(predict(images[:, :, ::-1]))) / 2)
+    np.testing.assert_allclose(average_with_flipped(a, predict(flip_images(images)), shift_heatmap=False), out_udp)
+
+
+def test_flip_joints_in_crop():
+    codec = PoseCodec("udp", (256, 192))
+    j = np.zeros((17, 3), np.float32)
+    j[1] = (10, 20, 1)  # left eye
+    f = flip_joints_in_crop(j, codec.input_wh[0])
+    np.testing.assert_allclose(f[2], [181, 20, 1])  # right eye at 191 - 10
+    np.testing.assert_allclose(f[1], [0, 0, 0])
+    np.testing.assert_allclose(flip_joints_in_crop(f, 192), j)

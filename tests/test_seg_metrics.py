@@ -1,0 +1,116 @@
+"""Confusion matrix, IoU / mIoU / pixel accuracy, order invariance and the overlay PNG."""
+
+import cv2
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from psa_jax.data.cityscapes import CLASS_NAMES, PALETTE
+from psa_jax.evaluation import seg_metrics as M
+from psa_jax.evaluation import seg_visualize as V
+
+
+def _labels(seed=0, shape=(3, 20, 30)):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 19, shape)
+    labels[rng.random(shape) < 0.1] = 255
+    return labels
+
+
+def test_ground_truth_as_prediction_gives_100_percent():
+    labels = _labels()
+    pred = np.where(labels == 255, 3, labels)  # whatever is predicted on ignored pixels
+    metrics = M.segmentation_metrics(M.confusion_matrix(pred, labels, 19))
+    assert metrics.miou == 1.0 and metrics.pixel_accuracy == 1.0 and metrics.mean_accuracy == 1.0
+    assert metrics.num_pixels == int((labels != 255).sum())
+
+
+def test_hand_made_confusion_gives_hand_computed_iou():
+    # Rows: ground truth, columns: prediction.
+    conf = np.array([[5, 1, 0, 0],
+                     [2, 3, 1, 0],
+                     [0, 0, 0, 0],
+                     [0, 0, 4, 0]])
+    m = M.segmentation_metrics(conf)
+    # IoU0 = 5 / (6 + 7 - 5); IoU1 = 3 / (6 + 4 - 3); IoU2 = 0 / (0 + 5 - 0); class 3: 0 / (4 + 0 - 0)
+    np.testing.assert_allclose(m.iou, [5 / 8, 3 / 7, 0.0, 0.0])
+    assert m.miou == pytest.approx((5 / 8 + 3 / 7) / 4)
+    assert m.pixel_accuracy == pytest.approx(8 / 16)
+    assert m.mean_accuracy == pytest.approx((5 / 6 + 3 / 6 + 0) / 3)  # class 2 has no GT pixel
+    # A class neither present nor predicted is NaN and left out of the mean.
+    conf2 = conf.copy()
+    conf2[3, 2] = conf2[1, 2] = 0
+    m2 = M.segmentation_metrics(conf2)
+    assert np.isnan(m2.iou[2]) and np.isnan(m2.iou[3])
+    assert m2.miou == pytest.approx((5 / 8 + 3 / 6) / 2)  # IoU1 = 3 / (5 + 4 - 3)
+
+
+def test_confusion_matrix_counts_pairs_and_skips_ignore():
+    label = np.array([[0, 0, 1, 255], [2, 1, 1, 7]])
+    pred = np.array([[0, 1, 1, 2], [2, 0, 1, 1]])
+    conf = M.confusion_matrix(pred, label, 3)  # 7 is outside [0, 3): ignored like 255
+    expected = np.zeros((3, 3), int)
+    for g, p in [(0, 0), (0, 1), (1, 1), (2, 2), (1, 0), (1, 1)]:
+        expected[g, p] += 1
+    np.testing.assert_array_equal(conf, expected)
+    with pytest.raises(ValueError, match="shape"):
+        M.confusion_matrix(pred[:, :3], label, 3)
+
+
+def test_accumulating_batches_in_any_order_gives_the_same_result():
+    labels = _labels(1, (8, 16, 16))
+    rng = np.random.default_rng(2)
+    pred = np.where(rng.random(labels.shape) < 0.7, np.where(labels == 255, 0, labels), rng.integers(0, 19, labels.shape))
+    whole = M.confusion_matrix(pred, labels, 19)
+    for order in (range(8), rng.permutation(8), [7, 0, 3, 1, 6, 2, 5, 4]):
+        acc = np.zeros((19, 19), np.int64)
+        for i in order:
+            acc += M.confusion_matrix(pred[i:i + 1], labels[i:i + 1], 19)
+        np.testing.assert_array_equal(acc, whole)
+    # Uneven batches too, and the per-image valid mask drops padding copies.
+    acc = M.confusion_matrix(pred[:3], labels[:3], 19) + M.confusion_matrix(pred[3:], labels[3:], 19)
+    np.testing.assert_array_equal(acc, whole)
+    padded_pred = np.concatenate([pred, pred[-1:]])
+    padded_lab = np.concatenate([labels, labels[-1:]])
+    valid = np.array([True] * 8 + [False])
+    np.testing.assert_array_equal(M.confusion_matrix(padded_pred, padded_lab, 19, valid=valid), whole)
+
+
+def test_jax_confusion_matches_numpy():
+    labels = _labels(3, (2, 12, 14))
+    pred = np.random.default_rng(4).integers(0, 19, labels.shape)
+    valid = np.array([True, False])
+    got = M.confusion_matrix_jax(jnp.asarray(pred), jnp.asarray(labels), 19, valid=jnp.asarray(valid))
+    np.testing.assert_array_equal(np.asarray(got), M.confusion_matrix(pred, labels, 19, valid=valid))
+
+
+def test_cross_process_sum_single_process_is_identity():
+    conf = np.arange(16, dtype=np.int64).reshape(4, 4) * (2**33)
+    np.testing.assert_array_equal(M.cross_process_sum(conf), conf)
+
+
+def test_iou_table_lists_every_class():
+    conf = M.confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 2]), 19)
+    table = M.format_iou_table(M.segmentation_metrics(conf), CLASS_NAMES, conf)
+    lines = table.splitlines()
+    assert len(lines) == 1 + 19 + 3
+    assert lines[1].split()[:2] == ["road", "100.00"] and "n/a" in lines[4]
+    assert lines[-3].startswith("mIoU") and "50.00" in lines[-3]  # (1 + 1/2 + 0) / 3
+
+
+def test_colorize_overlay_and_png(tmp_path):
+    ids = np.array([[0, 10, 255], [13, 18, 200]])
+    colors = V.colorize(ids)
+    np.testing.assert_array_equal(colors[0, 0], PALETTE[0])
+    np.testing.assert_array_equal(colors[1, 1], PALETTE[18])
+    assert (colors[0, 2] == 0).all() and (colors[1, 2] == 0).all()
+    image = np.full((2, 3, 3), 100, np.uint8)
+    over = V.overlay(image, ids, alpha=1.0)
+    np.testing.assert_array_equal(over[0, 1], PALETTE[10])
+    np.testing.assert_array_equal(over[0, 2], image[0, 2])  # ignored: image shows through
+    label = np.array([[0, 10, 255], [13, 17, 255]])
+    path = V.save_overlay_png(tmp_path / "x" / "panel.png", image, ids, label)
+    panel = cv2.imread(str(path))[..., ::-1]
+    assert panel.shape[1] == 6 and panel.shape[0] > 4  # 2x2 panel + legend below
+    np.testing.assert_array_equal(panel[2 + 1, 3 + 1], [255, 255, 255])  # error map: wrong pixel
+    np.testing.assert_array_equal(panel[2 + 0, 3 + 0], [60, 60, 60])     # right pixel
