@@ -11,9 +11,9 @@ The training cache is then built from it in three encodings (`cityscapes.build_t
 
 Reported:
   * ``bytes_per_image``: stored image size per encoding (real Cityscapes PNGs: about 2.2 MB);
-  * ``decode_ms``: reading + decoding one record (image and label) on one thread;
-  * ``transform_ms``: the training transform alone, per recipe (hrnet_seg: 512x1024 crop;
-    nvidia: 1024x2048 crop, bicubic, colour jitter);
+  * ``decode_ms``: CPU ms to read + decode one record (image and label) on one thread;
+  * ``transform_ms``: CPU ms of the training transform alone, per recipe (hrnet_seg: 512x1024
+    crop; nvidia: 1024x2048 crop, bicubic, colour jitter);
   * ``single_thread``: source + transform in a plain loop (samples/s = samples per core-second);
   * ``grain_all_cores``: `pipeline.train_dataset` with one reader thread per core (batch 8).
 Each per wall second and per process CPU second (robust to other load on the machine).
@@ -88,20 +88,21 @@ def _cpu() -> float:
 
 
 def time_decode(records, count: int) -> float:
-    t0 = time.perf_counter()
+    records[0]
+    c0 = _cpu()
     for i in range(count):
         records[i % len(records)]
-    return (time.perf_counter() - t0) / count * 1e3
+    return (_cpu() - c0) / count * 1e3
 
 
 def time_transform(records, transform, count: int) -> float:
     rng = np.random.default_rng(0)
     cached = [records[i] for i in range(min(4, len(records)))]
     transform(cached[0], rng)
-    t0 = time.perf_counter()
+    c0 = _cpu()
     for i in range(count):
         transform(cached[i % len(cached)], rng)
-    return (time.perf_counter() - t0) / count * 1e3
+    return (_cpu() - c0) / count * 1e3
 
 
 def time_single_thread(records, transform, seconds: float) -> dict:

@@ -4,7 +4,6 @@ The module builds one fake dataset (about 12 s, TensorFlow is imported by the st
 shares it between its tests.
 """
 
-import io
 import zipfile
 
 import cv2

@@ -115,8 +115,10 @@ def evaluate_segmentation(
 
     Args:
       predict_fn: images float32 (B, h, w, 3) normalised -> logits (B, h', w', C) at any resolution.
-        For mode='mscale' it is called as `predict_fn(images, scales)` (e.g. MscaleOCR's
-        `nscale_forward`) and must return the merged logits.
+        For mode='mscale' it is called as `predict_fn(images, scales)` and must return the merged
+        logits, e.g. `psa_jax.models.mscale.MscaleOCR.nscale` (NVIDIA's `nscale_forward`).
+        `predict_fn` receives this process's local batch as NumPy/JAX arrays and must return the
+        logits of that batch (for a model sharded over several processes, wrap it accordingly).
       source: decoded records (`seg_pipeline.cityscapes_records('validation', data_dir=...)`);
         batched per process by `seg_pipeline.seg_eval_dataset`. Or pass `batches` instead.
       mode: 'whole' | 'slide' | 'multiscale' | 'mscale' (see `seg_inference`).

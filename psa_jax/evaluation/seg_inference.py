@@ -19,8 +19,8 @@ antialias=False)` = PyTorch `F.interpolate(mode='bilinear', align_corners=False)
                         stride = window; mmseg averages softmax scores the same way).
   mscale_inference      NVIDIA hierarchical multi-scale attention
                         (`network/ocrnet.py::MscaleOCR.nscale_forward`, scales 0.5/1.0/2.0, no flip):
-                        the network's own `nscale_forward(images, scales)` does the merging; this
-                        only resizes its joint logits.
+                        the network's own method (`psa_jax.models.mscale.MscaleOCR.nscale(images,
+                        scales)`) does the merging; this only resizes its joint logits.
 """
 
 from __future__ import annotations
@@ -143,11 +143,11 @@ def mscale_inference(
     """NVIDIA hierarchical multi-scale attention inference -> float32 logits (B, H, W, C) at out_size.
 
     Args:
-      nscale_fn: `(images, scales) -> joint logits` (B, h, w, C), e.g. the MscaleOCR model's
-        `nscale_forward`; it runs every scale and merges them with its attention heads.
+      nscale_fn: `(images, scales) -> joint logits` (B, h, w, C), e.g. `MscaleOCR.nscale` in eval
+        mode; it runs every scale and merges them with its attention heads.
       scales: must contain 1.0 (the target scale of the hierarchy).
     """
     if 1.0 not in tuple(scales):
-        raise ValueError(f"scales={tuple(scales)} must contain 1.0 (the target scale of nscale_forward)")
+        raise ValueError(f"scales={tuple(scales)} must contain 1.0 (the target scale of the hierarchy)")
     out_size = tuple(images.shape[1:3]) if out_size is None else tuple(out_size)
     return resize_nhwc(nscale_fn(images, tuple(scales)), out_size)

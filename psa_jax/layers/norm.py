@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from psa_jax.layers import initializers as inits
+from psa_jax.layers.backend_tuning import materialize
 
 __all__ = ["BatchNorm", "LayerNorm"]
 
@@ -64,7 +65,7 @@ class BatchNorm(nnx.Module):
             self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
         a = self.scale[...].astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
         b = self.bias[...].astype(jnp.float32) - mean * a
-        return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
+        return materialize(x.astype(dtype) * a.astype(dtype) + b.astype(dtype))
 
 
 class LayerNorm(nnx.Module):

@@ -210,7 +210,8 @@ def rmi_lower_bound(
       3. centre over N; S_L = L L^T, S_P = P P^T, S_LP = L P^T;
          V = S_L - S_LP (S_P + a I)^-1 S_LP^T;  rmi = 0.5 * logdet(V + a I)   (a = pos_alpha);
       4. mean over the batch, divide by d, sum over classes.
-    The logdet is taken through a Cholesky factor, `2 * sum(log(diag(chol) + 1e-8))`.
+    The logdet is `2 * sum(log(diag(L) + 1e-8))` with L the Cholesky factor of V + aI, as in the
+    reference (here |diag(L)| comes from a QR factor, see below).
 
     Precision: the reference forms the covariances and inverts in float64. Here logdet(V + aI)
     comes from a Householder QR of the stacked, centred vectors (see the code), which is
@@ -268,7 +269,9 @@ def rmi_loss(
 
     Restates NVIDIA/semantic-segmentation `loss/rmi.py::RMILoss.forward_sigmoid(do_rmi=True)`
     with `lambda_way=1`, `loss_weight_lambda=0.5`: BCE as in `sigmoid_bce`; RMI from
-    `rmi_lower_bound(onehot * valid, sigmoid(logits) * valid + 1e-6)`.
+    `rmi_lower_bound(onehot * valid, sigmoid(logits) * valid + 1e-6)`. The RMI term is a scaled
+    log-determinant of a conditional covariance and is usually negative, so the total can be
+    negative; it decreases as predictions improve.
     """
     logits = resize_logits(logits, jnp.shape(labels)[1:3])
     bce = sigmoid_bce(logits, labels, ignore_index=ignore_index)
