@@ -1,0 +1,1 @@
+"""Datasets (tfds builders), transforms and grain pipelines for COCO keypoints and Cityscapes."""

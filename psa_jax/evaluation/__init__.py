@@ -1,0 +1,1 @@
+"""Evaluation: keypoint decoding, flip test, OKS-NMS and COCO AP; segmentation inference and mIoU."""

@@ -1,0 +1,1 @@
+"""Training: losses, optimizers and schedules, train step, checkpoints, tasks."""
