@@ -31,13 +31,13 @@ Example = dict[str, np.ndarray]
 __all__ = ["train_dataset", "eval_dataset", "global_batch", "default_read_options", "process_layout"]
 
 
-def default_read_options() -> grain.ReadOptions:
-    """Two reader threads and a small prefetch buffer.
+def default_read_options(num_threads: int = 2, prefetch: int = 8) -> grain.ReadOptions:
+    """Reader threads and a small prefetch buffer (default 2 and 8 elements).
 
     grain's default prefetch buffer held 4.3 GiB of decoded Cityscapes images on this machine;
     a small explicit buffer keeps memory bounded (jax_stack.md §9).
     """
-    return grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
+    return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
 
 
 def process_layout(process_index: int | None = None, process_count: int | None = None) -> tuple[int, int]:

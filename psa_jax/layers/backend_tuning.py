@@ -6,21 +6,34 @@ weight-gradient fusion, which made the HRNet train step both slow and slow to co
 (`../shared/reference/cpu_performance.md`; measured here on HRNet-W18-small, batch 16 at 128x96:
 2.4 s/step and 95 s to compile, against 0.8 s and 45 s with this). `materialize` forces its
 argument to be computed once into a buffer by routing it through a data-dependent `lax.cond`
-whose two branches are both the identity (XLA cannot fold the predicate, and whichever branch
-runs returns the input unchanged, NaN included). `lax.optimization_barrier` does not work for
+whose two branches both return the input unchanged (XLA cannot fold the predicate; one branch
+is `v`, the other `v * 1`, bit-identical for every value, NaN included, and written differently
+so that JAX does not forward the operand around the cond and drop it). `lax.optimization_barrier` does not work for
 this on CPU (it is removed before fusion).
 
 It is applied only when the default backend is the CPU and `set_cpu_materialization(True)`
 (the default); GPU and TPU compile the plain program.
+
+The same switch pattern guards the other CPU-only workaround, the phase-convolution gradient of
+strided convolutions (`psa_jax.layers.conv.conv2d`, `set_cpu_phase_vjp`): XLA:CPU lowers a
+strided convolution's input gradient to an lhs-dilated convolution that runs in slow generic
+code. Both are checked against the plain path in `tests/test_backend_tuning.py`.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
-__all__ = ["materialize", "set_cpu_materialization", "cpu_materialization_enabled"]
+__all__ = ["materialize", "set_cpu_materialization", "cpu_materialization_enabled", "set_cpu_phase_vjp",
+           "cpu_phase_vjp_enabled", "on_cpu"]
 
-_STATE = {"cpu_materialization": True}
+_STATE = {"cpu_materialization": True, "cpu_phase_vjp": True}
+
+
+def on_cpu() -> bool:
+    """Whether programs traced now compile for XLA:CPU (the default backend)."""
+    return jax.default_backend() == "cpu"
 
 
 def set_cpu_materialization(enabled: bool) -> None:
@@ -29,11 +42,27 @@ def set_cpu_materialization(enabled: bool) -> None:
 
 
 def cpu_materialization_enabled() -> bool:
-    return _STATE["cpu_materialization"] and jax.default_backend() == "cpu"
+    return _STATE["cpu_materialization"] and on_cpu()
+
+
+def set_cpu_phase_vjp(enabled: bool) -> None:
+    """Turns the phase-convolution gradient of strided convolutions on CPU on (default) or off."""
+    _STATE["cpu_phase_vjp"] = bool(enabled)
+
+
+def cpu_phase_vjp_enabled() -> bool:
+    return _STATE["cpu_phase_vjp"] and on_cpu()
 
 
 def _identity(v: jax.Array) -> jax.Array:
     return v
+
+
+def _times_one(v: jax.Array) -> jax.Array:
+    # Bit-identical to `v` for every value (NaN, inf and -0.0 included). It must differ from
+    # `_identity` syntactically: JAX (0.10) drops cond outputs that every branch merely forwards,
+    # which erased the materialisation point when both branches were `_identity`.
+    return v * jnp.ones((), v.dtype)
 
 
 def materialize(x: jax.Array) -> jax.Array:
@@ -41,4 +70,4 @@ def materialize(x: jax.Array) -> jax.Array:
     if not cpu_materialization_enabled() or x.size == 0:
         return x
     first = x.reshape(-1)[0]
-    return jax.lax.cond(first == first, _identity, _identity, x)
+    return jax.lax.cond(first == first, _identity, _times_one, x)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from psa_jax.layers import initializers as inits
+from psa_jax.layers.backend_tuning import materialize
 from psa_jax.layers.conv import Conv2d
 from psa_jax.layers.norm import BatchNorm
 from psa_jax.layers.registry import make_attention
@@ -97,7 +98,9 @@ class BasicBlock(nnx.Module):
             out = self.deattn(out)
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return jax.nn.relu(out + shortcut)
+        # CPU only: a buffer boundary, else XLA:CPU re-fuses the residual stream's whole
+        # add/ReLU chain into every consumer (`psa_jax.layers.backend_tuning.materialize`).
+        return materialize(jax.nn.relu(out + shortcut))
 
 
 class Bottleneck(nnx.Module):
@@ -131,4 +134,6 @@ class Bottleneck(nnx.Module):
             out = self.deattn(out)
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return jax.nn.relu(out + shortcut)
+        # CPU only: a buffer boundary, else XLA:CPU re-fuses the residual stream's whole
+        # add/ReLU chain into every consumer (`psa_jax.layers.backend_tuning.materialize`).
+        return materialize(jax.nn.relu(out + shortcut))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from psa_jax.layers.backend_tuning import materialize
 from psa_jax.layers.resize import resize_bilinear, upsample_nearest
 from psa_jax.models.blocks import BasicBlock, Bottleneck, ConvBN, ModelOptions
 
@@ -184,7 +185,7 @@ class HighResolutionModule(nnx.Module):
                     for step in layer:
                         term = step(term)
                 acc = term if acc is None else acc + term
-            out.append(jax.nn.relu(acc))
+            out.append(materialize(jax.nn.relu(acc)))  # CPU-only buffer boundary (see blocks.py)
         return out
 
 

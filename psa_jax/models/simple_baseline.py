@@ -20,7 +20,9 @@ from psa_jax.models.options import model_options
 
 __all__ = ["PoseResNet", "pose_resnet", "RESNET_DEPTHS"]
 
-RESNET_DEPTHS: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+# Bottleneck counts per stage; 26 (2, 2, 2, 2) is the small bottleneck ResNet used for quick runs and tests.
+RESNET_DEPTHS: dict[int, tuple[int, int, int, int]] = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                                                     152: (3, 8, 36, 3)}
 
 
 class PoseResNet(nnx.Module):

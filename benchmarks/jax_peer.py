@@ -1,0 +1,280 @@
+"""One JAX benchmark case in its own process: train step and inference throughput, compile time, peak RSS.
+
+    python benchmarks/jax_peer.py --model pose_w32 --attention psa_p --batch 8 --input 256x192 \
+        [--steps 5] [--warmup 2] [--mode both|train|infer] [--dtype float32|bfloat16] \
+        [--tuning cpu|plain] [--cache_dir DIR] [--flops] [--out result.json]
+
+Train step = what the trainer runs (`jax_stack.md` section 3.3): `nnx.split((model, optimizer))`,
+`jax.jit(step, donate_argnums=0)`, inside `nnx.merge(..., copy=True)`, `nnx.value_and_grad` of the
+MSE to the heatmaps (pose) or the pixel cross-entropy (segmentation), `optax.adam` update,
+BatchNorm in training mode. Inference = eval-mode forward under `jax.jit`.
+
+Timing: `--warmup` calls, then `--steps` calls each timed on its own (blocked on the result); the
+median is reported as images/s. `compile_s` is the first train step's trace + lower + XLA compile
+(with a cold cache unless `--cache_dir` holds an entry). Peak resident memory is the process's
+`ru_maxrss` after the train phase (`peak_rss_mb`, the number compared with PyTorch) and after
+everything (`peak_rss_total_mb`). The result is one JSON object on the last stdout line (and in `--out`).
+
+`--tuning plain` switches off every CPU workaround (oneDNN flags, materialisation points, the
+stride-2 phase VJP), for the ablations in benchmarks/NOTES.md; individual ones can be switched off
+with `--no_onednn`, `--no_materialize`, `--no_phase_vjp`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="pose_w32", help="pose_w18_small | pose_w32 | pose_w48 | seg_w48_ocr | seg_w48")
+    p.add_argument("--attention", default="none")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--input", default="256x192", help="HxW")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--infer_steps", type=int, default=None, help="default: --steps")
+    p.add_argument("--mode", default="both", choices=("both", "train", "infer"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--tuning", default="cpu", choices=("cpu", "plain"))
+    p.add_argument("--no_onednn", action="store_true")
+    p.add_argument("--no_materialize", action="store_true")
+    p.add_argument("--no_phase_vjp", action="store_true")
+    p.add_argument("--state_pytree", action="store_true",
+                   help="pass the nnx.State pytree to the jitted step instead of its flat array list")
+    p.add_argument("--cache_dir", default=None, help="persistent compilation cache directory")
+    p.add_argument("--flops", action="store_true", help="also count executed MACs per image")
+    p.add_argument("--dump_hlo", default=None, help="write the optimised train-step HLO here")
+    p.add_argument("--no_trim", action="store_true", help="do not return the compiler's freed heap to the OS")
+    p.add_argument("--compile_only", action="store_true", help="stop after compiling the train step")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "adam_flat"),
+                   help="adam_flat: optax.flatten(adam), one update over the concatenated parameters")
+    p.add_argument("--out", default=None)
+    return p.parse_args(argv)
+
+
+def build_case(args: argparse.Namespace):
+    """(model, images, target, kind, loss_fn) for `--model/--attention/--batch/--input/--dtype`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from psa_jax.models import pose_hrnet, seg_hrnet
+
+    h, w = (int(v) for v in args.input.lower().split("x"))
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
+    kind, _, width = args.model.partition("_")
+    width = width.replace("_ocr", "")
+    if kind == "pose":
+        model = pose_hrnet(width, attention=args.attention, dtype=dtype)
+        target = jnp.zeros((args.batch, h // 4, w // 4, 17), jnp.float32)
+    elif kind == "seg":
+        model = seg_hrnet(width, ocr=args.model.endswith("_ocr"), attention=args.attention, dtype=dtype)
+        target = jnp.asarray(np.random.default_rng(0).integers(0, 19, (args.batch, -(-h // 4), -(-w // 4))),
+                             jnp.int32)
+    else:
+        raise SystemExit(f"unknown --model {args.model!r}")
+    images = jnp.asarray(np.random.default_rng(1).standard_normal((args.batch, h, w, 3)), jnp.float32)
+
+    def loss_fn(m, x, y):
+        out = m(x)
+        if kind == "pose":
+            return jnp.mean(jnp.square(out.astype(jnp.float32) - y))
+        logits = out[0] if isinstance(out, tuple) else out
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1))
+
+    return model, images, target, kind, loss_fn
+
+
+def make_train_step(model, loss_fn, *, flat_state: bool = True, optimizer: str = "adam"):
+    """The trainer's step: split model + Adam, `jax.jit(step, donate_argnums=0)`.
+
+    Returns (step, state, unflatten): `state` is what `step(state, x, y) -> (state, loss)` takes
+    and `unflatten(state)` gives the `nnx.State` of (model, optimizer). With `flat_state` the
+    state travels as the flat list of its arrays (the tree structure is fixed at trace time):
+    a call then costs microseconds in Python, against about 0.1 ms per `nnx.Variable` (3,000+
+    for HRNet-W32 with Adam) when the `nnx.State` pytree itself is passed and rebuilt on every
+    call (`benchmarks/NOTES.md`).
+    """
+    import jax
+    import optax
+    from flax import nnx
+
+    tx = optax.adam(1e-3)
+    if optimizer == "adam_flat":
+        tx = optax.flatten(tx)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    leaves, treedef = jax.tree.flatten(state)
+
+    def train_step(state, x, y):
+        if flat_state:
+            state = jax.tree.unflatten(treedef, state)
+        m, opt = nnx.merge(graphdef, state, copy=True)
+        loss, grads = nnx.value_and_grad(loss_fn)(m, x, y)
+        opt.update(m, grads)
+        new_state = nnx.state((m, opt))
+        if flat_state:
+            new_leaves, new_treedef = jax.tree.flatten(new_state)
+            if new_treedef != treedef:
+                raise AssertionError("train step changed the state's tree structure")
+            return new_leaves, loss
+        return new_state, loss
+
+    def unflatten(state):
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, state) if flat_state else state)
+
+    return jax.jit(train_step, donate_argnums=0), (leaves if flat_state else state), unflatten
+
+
+def apply_tuning(args: argparse.Namespace) -> dict:
+    """XLA flags (before the backend starts) and the backend_tuning switches for `--tuning` etc."""
+    plain = args.tuning == "plain"
+    from psa_jax.training.xla_flags import configure_xla  # imports no JAX backend
+    xla = configure_xla(cpu_onednn=not (plain or args.no_onednn), cache_dir=args.cache_dir)
+    from psa_jax.layers import backend_tuning
+    backend_tuning.set_cpu_materialization(not (plain or args.no_materialize))
+    backend_tuning.set_cpu_phase_vjp(not (plain or args.no_phase_vjp))
+    return xla
+
+
+def trim_host_memory() -> bool:
+    """Returns freed heap pages to the OS (glibc `malloc_trim(0)`); False where unavailable.
+
+    XLA's compiler frees gigabytes when it finishes, but glibc keeps them in its arenas, and the
+    executable's own buffers are then allocated on top: trimming after compilation lowers the
+    train process's peak resident memory by about the compiler's peak (benchmarks/NOTES.md).
+    """
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def _rss_now_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:
+        return float("nan")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(argv=None) -> dict:
+    args = _parse(argv)
+    xla = apply_tuning(args)
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from psa_jax.layers import backend_tuning
+    from psa_jax.models.summary import summary
+
+    model, images, target, kind, loss_fn = build_case(args)
+    h, w = images.shape[1:3]
+
+    result: dict = {"framework": "jax", "model": args.model, "attention": args.attention, "batch": args.batch,
+                    "input": f"{h}x{w}", "dtype": args.dtype, "tuning": args.tuning,
+                    "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+                    "xla_flags": xla["xla_flags"], "jax": jax.__version__,
+                    "materialize": backend_tuning.cpu_materialization_enabled(),
+                    "flat_state": not args.state_pytree, "optimizer": args.optimizer}
+    result["phase_vjp"] = backend_tuning.cpu_phase_vjp_enabled()
+
+    if args.mode in ("both", "train"):
+        result["rss_before_compile_mb"] = _rss_now_mb()
+        step, state, unflatten = make_train_step(model, loss_fn, flat_state=not args.state_pytree,
+                                                   optimizer=args.optimizer)
+        t0, c0 = time.perf_counter(), time.process_time()
+        lowered = step.lower(state, images, target)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        result.update(trace_s=t1 - t0, xla_compile_s=t2 - t1, compile_s=t2 - t0, compile_cpu_s=time.process_time() - c0,
+                      rss_after_compile_mb=_rss_mb())
+        if not args.no_trim:
+            del lowered
+            trim_host_memory()
+            result["rss_after_trim_mb"] = _rss_now_mb()
+        try:
+            mem = compiled.memory_analysis()
+            result.update(xla_temp_mb=mem.temp_size_in_bytes / 2 ** 20, xla_args_mb=mem.argument_size_in_bytes / 2 ** 20,
+                          xla_out_mb=mem.output_size_in_bytes / 2 ** 20, xla_alias_mb=mem.alias_size_in_bytes / 2 ** 20)
+        except Exception:  # noqa: BLE001  (not every backend reports it)
+            pass
+        if args.dump_hlo:
+            Path(args.dump_hlo).write_text(compiled.as_text())
+        if args.compile_only:
+            print(json.dumps(result), flush=True)
+            return result
+        times, cpu = [], []
+        for i in range(args.warmup + args.steps):
+            t, c = time.perf_counter(), time.process_time()
+            state, loss = compiled(state, images, target)
+            loss.block_until_ready()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+        if not np.isfinite(float(loss)):
+            raise SystemExit(f"train step produced a non-finite loss {float(loss)}")
+        result.update(train_step_s=statistics.median(times), train_img_s=args.batch / statistics.median(times),
+                      train_step_times=times, train_cpu_s=statistics.median(cpu), peak_rss_mb=_rss_mb())
+        model, _ = unflatten(state)
+        del state, compiled
+
+    if args.mode in ("both", "infer"):
+        model.eval()
+        graphdef, state = nnx.split(model)
+
+        def forward(state, x):
+            out = nnx.merge(graphdef, state)(x)
+            return out[0] if isinstance(out, tuple) else out
+
+        fwd = jax.jit(forward)
+        t = time.perf_counter()
+        compiled_fwd = fwd.lower(state, images).compile()
+        result["infer_compile_s"] = time.perf_counter() - t
+        times, cpu = [], []
+        for i in range(args.warmup + (args.infer_steps or args.steps)):
+            t, c = time.perf_counter(), time.process_time()
+            compiled_fwd(state, images).block_until_ready()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+        result.update(infer_img_s=args.batch / statistics.median(times), infer_step_times=times,
+                      infer_cpu_s=statistics.median(cpu))
+        if "peak_rss_mb" not in result:
+            result["peak_rss_mb"] = _rss_mb()
+    result["peak_rss_total_mb"] = _rss_mb()
+
+    if args.flops:
+        s = summary(model, (h, w))
+        result.update(params=s["params"], hrnet_gflops=s["gflops"], executed_gmacs=s["executed_gmacs"])
+    line = json.dumps(result)
+    if args.out:
+        Path(args.out).write_text(line + "\n")
+    print(line, flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

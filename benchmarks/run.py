@@ -1,0 +1,317 @@
+"""Runs every benchmark and prints the table: psa_jax (JAX) against the PyTorch peer, same machine, same run.
+
+    python benchmarks/run.py            # everything (about 1 hour on a 2-core CPU)
+    python benchmarks/run.py --quick    # about 2-3 minutes: W32 (no attention), 1 round, quick pipelines
+    python benchmarks/run.py --cases pose_w32:psa_p --rounds 5 --no_pipelines
+
+Each measurement is a separate process (`jax_peer.py` / `torch_peer.py`), so that peak resident
+memory is the case's own. The two frameworks alternate process by process (JAX first in odd
+rounds, PyTorch first in even ones) and every number in the table is the median over rounds.
+JAX's `compile_s` is the first train step's trace + compile in round 1 with an empty persistent
+compilation cache; later rounds load it from the cache (`compile_cached_s`).
+
+The PyTorch peer needs its own environment (`bash benchmarks/setup_torch_env.sh` creates
+`benchmarks/.venv-torch` with torch 2.14.1, torchvision 0.29.1, timm); without it the JAX cases
+still run and the table says the peer is missing.
+
+Outputs: `benchmarks/results.json` (machine, versions, date, load, one record per case and
+framework with framework, model, attention, batch, input, train_img_s, infer_img_s, peak_rss_mb,
+compile_s and the per-round values) and `benchmarks/RESULTS.md` (the Markdown table the README
+shows). FLOPs per image come from `psa_jax.models.summary` (executed multiply-adds x 2); a train
+step is counted as 3x the forward pass, so `train_gflop_s = 3 * 2 * executed_gmacs * train_img_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+JAX_PYTHON = Path(sys.executable)
+TORCH_PYTHON = HERE / ".venv-torch" / "bin" / "python"
+
+# (model, attention, batch, input, with PyTorch peer, steps)
+CPU_CASES = [
+    ("pose_w32", "none", 8, "256x192", True, 5),
+    ("pose_w32", "psa_p", 8, "256x192", True, 5),
+    ("pose_w32", "psa_s", 8, "256x192", True, 5),
+    ("seg_w48_ocr", "none", 1, "256x512", False, 3),
+]
+QUICK_CASES = [("pose_w32", "none", 8, "256x192", True, 2)]
+# On an accelerator (not lent on the 2-core development machine): larger batch, W48, bf16.
+ACCEL_CASES = [
+    ("pose_w32", "none", 64, "256x192", True, 10),
+    ("pose_w32", "psa_p", 64, "256x192", True, 10),
+    ("pose_w32", "psa_s", 64, "256x192", True, 10),
+    ("pose_w48", "psa_s", 32, "384x288", True, 10),
+    ("seg_w48_ocr", "psa_s", 4, "512x1024", False, 10),
+]
+RECORD_KEYS = ("framework", "model", "attention", "batch", "input", "train_img_s", "infer_img_s", "peak_rss_mb",
+               "compile_s")
+
+
+def _run(cmd: list[str], timeout: float) -> dict:
+    """Runs one case process; returns its JSON (last stdout line) or {'error': ...}."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("XLA_FLAGS", None)  # each case configures its own
+    t = time.perf_counter()
+    try:
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return {"error": f"exit {out.returncode}: {out.stderr.strip()[-1500:]}"}
+    result = json.loads(lines[-1])
+    result["process_wall_s"] = round(time.perf_counter() - t, 1)
+    return result
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def run_case(model: str, attention: str, batch: int, size: str, peer: bool, steps: int, *, rounds: int,
+             cache_dir: Path, torch_ok: bool, dtype: str, timeout: float, log) -> list[dict]:
+    """`rounds` alternating JAX / PyTorch processes for one case; returns one record per framework."""
+    common = ["--model", model, "--attention", attention, "--batch", str(batch), "--input", size,
+              "--steps", str(steps), "--warmup", "2" if steps > 2 else "1"]
+    jax_cmd = [str(JAX_PYTHON), str(HERE / "jax_peer.py"), *common, "--dtype", dtype, "--cache_dir", str(cache_dir)]
+    torch_cmd = [str(TORCH_PYTHON), str(HERE / "torch_peer.py"), *common]
+    runs: dict[str, list[dict]] = {"jax": [], "pytorch": []}
+    for r in range(rounds):
+        order = ["jax", "pytorch"] if r % 2 == 0 else ["pytorch", "jax"]
+        for fw in order:
+            if fw == "pytorch" and not (peer and torch_ok):
+                continue
+            cmd = list(jax_cmd) if fw == "jax" else list(torch_cmd)
+            if r == 0:
+                cmd.append("--flops")
+            load = _load()
+            res = _run(cmd, timeout)
+            res["load_before"] = load
+            runs[fw].append(res)
+            msg = res.get("error") or (f"train {res.get('train_img_s', 0):.2f} img/s, infer "
+                                       f"{res.get('infer_img_s', 0):.2f} img/s, peak {res.get('peak_rss_mb', 0):.0f} MB"
+                                       + (f", compile {res['compile_s']:.1f} s" if "compile_s" in res else ""))
+            log(f"  round {r + 1}/{rounds} {fw:8s} {model} {attention:6s} b{batch} {size}: {msg} (load {load})")
+    records = []
+    for fw, rs in runs.items():
+        ok = [x for x in rs if "error" not in x]
+        if not rs:
+            continue
+        rec = {"framework": fw, "model": model, "attention": attention, "batch": batch, "input": size,
+               "dtype": dtype if fw == "jax" else "float32"}
+        if not ok:
+            rec["error"] = rs[0]["error"]
+            records.append(rec)
+            continue
+        for key in ("train_img_s", "infer_img_s", "peak_rss_mb", "train_cpu_s", "infer_cpu_s", "peak_rss_total_mb"):
+            rec[key] = _median([x.get(key) for x in ok])
+        if fw == "jax":
+            rec["compile_s"] = ok[0].get("compile_s")
+            rec["trace_s"] = ok[0].get("trace_s")
+            rec["compile_cached_s"] = _median([x.get("compile_s") for x in ok[1:]])
+            rec["infer_compile_s"] = ok[0].get("infer_compile_s")
+        else:
+            rec["compile_s"] = None
+        first = ok[0]
+        for key in ("executed_gmacs", "hrnet_gflops", "params", "psa_blocks", "backend", "device", "xla_flags"):
+            if key in first:
+                rec[key] = first[key]
+        rec["rounds"] = [{k: x.get(k) for k in ("train_img_s", "infer_img_s", "peak_rss_mb", "compile_s",
+                                                 "train_cpu_s", "load_before", "error") if k in x} for x in rs]
+        if rec.get("executed_gmacs"):
+            flop = 2e9 * rec["executed_gmacs"]
+            rec["train_gflop_s"] = 3 * flop * rec["train_img_s"] / 1e9 if rec.get("train_img_s") else None
+            rec["infer_gflop_s"] = flop * rec["infer_img_s"] / 1e9 if rec.get("infer_img_s") else None
+        records.append(rec)
+    return records
+
+
+def run_pipelines(quick: bool, timeout: float, log) -> dict:
+    out = {}
+    for name in ("pose_pipeline", "seg_pipeline"):
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            cmd = [str(JAX_PYTHON), str(HERE / f"{name}.py"), "--out", f.name] + (["--quick"] if quick else [])
+            log(f"  {name} ...")
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                                  env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"))
+            if proc.returncode != 0:
+                out[name] = {"error": proc.stderr.strip()[-1500:]}
+            else:
+                out[name] = json.loads(Path(f.name).read_text())
+    return out
+
+
+def _versions(torch_ok: bool) -> dict:
+    v = {"python": platform.python_version()}
+    code = "import jax, jaxlib, flax, optax; print(jax.__version__, jaxlib.__version__, flax.__version__, optax.__version__)"
+    jax_v = subprocess.run([str(JAX_PYTHON), "-c", code], capture_output=True, text=True).stdout.split()
+    v.update(zip(("jax", "jaxlib", "flax", "optax"), jax_v))
+    if torch_ok:
+        code = "import torch, timm; print(torch.__version__, timm.__version__, torch.get_num_threads())"
+        t = subprocess.run([str(TORCH_PYTHON), "-c", code], capture_output=True, text=True).stdout.split()
+        v.update(zip(("torch", "timm", "torch_threads"), t))
+    return v
+
+
+def _machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem_gb, 1),
+            "platform": platform.platform()}
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(results: dict) -> str:
+    m, v = results["machine"], results["versions"]
+    lines = [
+        "# Benchmarks: psa_jax (JAX) and the PyTorch peer",
+        "",
+        f"Measured {results['date']} by `python benchmarks/run.py{' --quick' if results['quick'] else ''}` on "
+        f"{m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), {m['platform']}; "
+        f"load average {results['load_start']} at the start, {results['load_end']} at the end. "
+        f"JAX {v.get('jax')} / jaxlib {v.get('jaxlib')} / flax {v.get('flax')}; "
+        f"PyTorch peer: torch {v.get('torch', 'not installed')} / timm {v.get('timm', '-')} "
+        f"({v.get('torch_threads', '-')} threads). Medians of {results['rounds']} alternating rounds.",
+        "",
+        "Train = forward + backward + Adam update, BatchNorm in training mode; inference = eval-mode "
+        "forward. `peak RSS` is the train process's peak resident memory; `compile` the first JAX "
+        "train step's trace + compile (empty cache; `cached` = loaded from the persistent "
+        "compilation cache). Ratios are JAX / PyTorch (> 1: JAX faster; memory: < 1 is JAX smaller).",
+        "",
+        "| model | attention | batch | input | framework | train img/s | infer img/s | peak RSS MB | "
+        "compile s (cached) | GFLOP/img | train GFLOP/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    by_case: dict[tuple, dict] = {}
+    for rec in results["cases"]:
+        by_case.setdefault((rec["model"], rec["attention"], rec["batch"], rec["input"]), {})[rec["framework"]] = rec
+    ratios = []
+    for (model, att, batch, size), fws in by_case.items():
+        for fw in ("jax", "pytorch"):
+            rec = fws.get(fw)
+            if rec is None:
+                continue
+            if "error" in rec:
+                lines.append(f"| {model} | {att} | {batch} | {size} | {fw} | error: {rec['error'][:80]} |||||||")
+                continue
+            comp = "-" if rec.get("compile_s") is None else (
+                f"{rec['compile_s']:.0f} ({_fmt(rec.get('compile_cached_s'), '.0f')})")
+            gflop = 2 * rec["executed_gmacs"] if rec.get("executed_gmacs") else None
+            lines.append(f"| {model} | {att} | {batch} | {size} | {fw} | {_fmt(rec.get('train_img_s'))} | "
+                         f"{_fmt(rec.get('infer_img_s'))} | {_fmt(rec.get('peak_rss_mb'), '.0f')} | {comp} | "
+                         f"{_fmt(gflop, '.1f')} | {_fmt(rec.get('train_gflop_s'), '.0f')} |")
+        j, t = fws.get("jax"), fws.get("pytorch")
+        if j and t and "error" not in j and "error" not in t:
+            ratios.append((model, att, batch, size, j["train_img_s"] / t["train_img_s"],
+                           j["infer_img_s"] / t["infer_img_s"], j["peak_rss_mb"] / t["peak_rss_mb"]))
+    if ratios:
+        lines += ["", "| model | attention | batch | input | train JAX/PyTorch | inference JAX/PyTorch | "
+                  "peak memory JAX/PyTorch |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for model, att, batch, size, tr, inf, mem in ratios:
+            lines.append(f"| {model} | {att} | {batch} | {size} | {tr:.2f} | {inf:.2f} | {mem:.2f} |")
+    pipes = results.get("pipelines") or {}
+    if pipes:
+        lines += ["", "Input pipelines (samples/s per core; grain, one reader thread per core):", ""]
+        pose = pipes.get("pose_pipeline", {})
+        if "grain_all_cores" in pose:
+            g = pose["grain_all_cores"]
+            lines.append(f"* pose (COCO sample images, {pose['setting']['codec']} codec, "
+                         f"{'x'.join(map(str, pose['setting']['input']))}): {g['samples_per_s_per_core']} samples/s "
+                         f"per core ({g['samples_per_s']} total, {g['samples_per_cpu_s']} per CPU-second); "
+                         f"one thread without grain: {pose['single_thread']['samples_per_cpu_s']} per CPU-second.")
+        seg = pipes.get("seg_pipeline", {})
+        for key, entry in (seg.get("throughput") or {}).items():
+            g = entry["grain_all_cores"]
+            lines.append(f"* segmentation {key} (generated 1024x2048 images): {g['samples_per_s_per_core']} "
+                         f"samples/s per core ({g.get('samples_per_cpu_s', '-')} per CPU-second)")
+        for name, entry in pipes.items():
+            if "error" in entry:
+                lines.append(f"* {name}: error {entry['error'][:200]}")
+    if results.get("accelerator"):
+        lines += ["", f"Accelerator: {results['accelerator']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="W32 without attention, 1 round, quick pipelines")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds per case (default 3; quick 1)")
+    p.add_argument("--cases", default=None, help="comma list of model:attention to run, e.g. pose_w32:psa_p")
+    p.add_argument("--accelerator", action="store_true", help="the accelerator case list (bf16)")
+    p.add_argument("--dtype", default=None, help="JAX compute dtype (default float32 on CPU, bfloat16 with "
+                                                 "--accelerator)")
+    p.add_argument("--no_pipelines", action="store_true")
+    p.add_argument("--no_torch", action="store_true")
+    p.add_argument("--timeout", type=float, default=1800, help="per process")
+    p.add_argument("--out_json", default=str(HERE / "results.json"))
+    p.add_argument("--out_md", default=str(HERE / "RESULTS.md"))
+    args = p.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 3)
+    cases = QUICK_CASES if args.quick else (ACCEL_CASES if args.accelerator else CPU_CASES)
+    dtype = args.dtype or ("bfloat16" if args.accelerator else "float32")
+    if args.cases:
+        wanted = {tuple(c.split(":")) for c in args.cases.split(",")}
+        cases = [c for c in CPU_CASES + ACCEL_CASES if (c[0], c[1]) in wanted]
+        cases = list(dict.fromkeys(cases))
+    torch_ok = TORCH_PYTHON.exists() and not args.no_torch
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    results = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "quick": args.quick, "rounds": rounds, "machine": _machine(), "versions": _versions(torch_ok),
+        "load_start": _load(), "cases": [],
+        "accelerator": None if args.accelerator else "none lent to this run (CPU only)",
+    }
+    if not torch_ok:
+        log(f"PyTorch peer environment not found at {TORCH_PYTHON}: run `bash benchmarks/setup_torch_env.sh`; "
+            "measuring JAX only.")
+    with tempfile.TemporaryDirectory(prefix="psa_jax_cache_") as cache_dir:
+        for model, att, batch, size, peer, steps in cases:
+            log(f"{model} attention={att} batch={batch} input={size}")
+            results["cases"] += run_case(model, att, batch, size, peer, steps, rounds=rounds,
+                                         cache_dir=Path(cache_dir), torch_ok=torch_ok, dtype=dtype,
+                                         timeout=args.timeout, log=log)
+    if not args.no_pipelines:
+        log("input pipelines")
+        results["pipelines"] = run_pipelines(args.quick, args.timeout, log)
+    results["load_end"] = _load()
+    Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")
+    md = markdown(results)
+    Path(args.out_md).write_text(md)
+    print()
+    print(md)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""CPU-only program shaping (`psa_jax.layers.backend_tuning`, the strided-conv phase VJP) against
+the plain path, and the XLA flag configuration of `psa_jax.training.xla_flags`.
+
+Every workaround must be the identity on values and gradients: each test computes the same thing
+with the workaround switched on and off (or against NumPy) and compares."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from psa_jax.layers import backend_tuning
+from psa_jax.layers.backend_tuning import materialize
+from psa_jax.layers.conv import Conv2d, _conv2d_phase_vjp, _conv2d_plain, _phase_conv_input_grad, conv2d
+from psa_jax.layers.norm import BatchNorm
+from psa_jax.training import xla_flags
+
+
+@pytest.fixture
+def switches():
+    """Restores the module switches after a test flips them."""
+    saved = dict(backend_tuning._STATE)
+    yield backend_tuning
+    backend_tuning._STATE.update(saved)
+
+
+# ----------------------------------------------------------------------------------- materialize
+
+def test_materialize_is_a_cond_on_cpu_and_absent_when_off(switches):
+    x = jnp.ones((2, 3))
+    assert "cond" in str(jax.make_jaxpr(lambda v: materialize(v))(x))  # fresh functions: no trace cache
+    switches.set_cpu_materialization(False)
+    assert "cond" not in str(jax.make_jaxpr(lambda v: materialize(v))(x))
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+def test_materialize_propagates_nan_and_inf(special):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for where in [(0, 0), (2, 1)]:                    # the predicate's element and any other one
+        xs = x.copy()
+        xs[where] = special
+        out = np.asarray(jax.jit(materialize)(jnp.asarray(xs)))
+        np.testing.assert_array_equal(out, xs)        # NaN == NaN position-wise in assert_array_equal
+
+
+def test_materialize_gradient_is_identity():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 5)), jnp.float32)
+    f = lambda v: jnp.sum(jnp.sin(materialize(v * 2.0)) ** 2)      # noqa: E731
+    g = lambda v: jnp.sum(jnp.sin(v * 2.0) ** 2)                   # noqa: E731
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(x), jax.jit(jax.grad(g))(x), rtol=0, atol=0)
+    nan_x = x.at[0, 0].set(jnp.nan)
+    grad_nan = np.asarray(jax.grad(f)(nan_x))
+    assert np.isnan(grad_nan[0, 0]) and np.all(np.isfinite(grad_nan.reshape(-1)[1:]))
+
+
+def test_materialize_keeps_dtype_and_empty_arrays():
+    for dtype in (jnp.float32, jnp.bfloat16, jnp.int32):
+        x = jnp.arange(6).astype(dtype)
+        y = jax.jit(materialize)(x)
+        assert y.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(x, np.float32))
+    assert materialize(jnp.zeros((0, 3))).shape == (0, 3)
+
+
+# ------------------------------------------------------------------------ strided convolution VJP
+
+CONV_CASES = [  # (H, W, k, stride, padding): odd and even sizes, k < s, k > s, windows that miss the tail
+    (7, 9, 3, 2, 1), (8, 6, 3, 2, 1), (5, 5, 1, 2, 0), (11, 4, 3, 3, 1), (6, 7, 5, 2, 2), (3, 3, 3, 2, 0),
+    (9, 10, 4, 2, 1), (2, 2, 3, 2, 1), (1, 1, 3, 2, 1),
+]
+
+
+@pytest.mark.parametrize("h,w,k,s,p", CONV_CASES)
+def test_phase_vjp_matches_plain_conv(h, w, k, s, p):
+    rng = np.random.default_rng(h * 100 + w)
+    x = jnp.asarray(rng.standard_normal((2, h, w, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((k, k, 3, 4)), jnp.float32)
+
+    def loss(conv):
+        return lambda x, kk: jnp.sum(jnp.sin(conv(x, kk, s, p)) * jnp.arange(4.0))
+
+    y_plain = _conv2d_plain(x, kernel, s, p)
+    y_phase = _conv2d_phase_vjp(x, kernel, s, p)
+    np.testing.assert_array_equal(y_phase, y_plain)
+    gp = jax.jit(jax.grad(loss(_conv2d_plain), (0, 1)))(x, kernel)
+    gq = jax.jit(jax.grad(loss(_conv2d_phase_vjp), (0, 1)))(x, kernel)
+    for a, b in zip(gq, gp):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_phase_input_grad_against_numpy_scatter():
+    """The input gradient restated as a scatter-add over every window (NumPy, float64)."""
+    rng = np.random.default_rng(3)
+    h, w, k, s, p = 9, 7, 3, 2, 1
+    dy = rng.standard_normal((1, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, 5))
+    kernel = rng.standard_normal((k, k, 2, 5))
+    dx_pad = np.zeros((1, h + 2 * p, w + 2 * p, 2))
+    for i in range(dy.shape[1]):
+        for j in range(dy.shape[2]):
+            dx_pad[0, s * i:s * i + k, s * j:s * j + k] += np.einsum("uvco,o->uvc", kernel, dy[0, i, j])
+    got = _phase_conv_input_grad(jnp.asarray(dy, jnp.float32), jnp.asarray(kernel, jnp.float32),
+                                 (1, h, w, 2), s, p)
+    np.testing.assert_allclose(got, dx_pad[:, p:p + h, p:p + w], rtol=1e-5, atol=1e-5)
+
+
+def test_phase_vjp_propagates_nan():
+    x = jnp.ones((1, 6, 6, 2)).at[0, 3, 2, 1].set(jnp.nan)
+    kernel = jnp.ones((3, 3, 2, 2))
+    g_plain = jax.grad(lambda kk: jnp.sum(_conv2d_plain(x, kk, 2, 1)))(kernel)
+    g_phase = jax.grad(lambda kk: jnp.sum(_conv2d_phase_vjp(x, kk, 2, 1)))(kernel)
+    np.testing.assert_array_equal(np.isnan(g_phase), np.isnan(g_plain))
+    dy_nan = jax.grad(lambda xx: jnp.sum(_conv2d_phase_vjp(xx, kernel.at[0, 0, 0, 0].set(jnp.nan), 2, 1)))(
+        jnp.ones((1, 6, 6, 2)))
+    assert np.isnan(np.asarray(dy_nan)).any()
+
+
+def test_phase_vjp_bfloat16_close_to_plain():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((2, 10, 8, 8)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 8, 8)) * 0.2, jnp.bfloat16)
+    f = lambda conv: jax.grad(lambda xx: jnp.sum(conv(xx, kernel, 2, 1).astype(jnp.float32) ** 2))(x)  # noqa: E731
+    a, b = f(_conv2d_phase_vjp), f(_conv2d_plain)
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=0.05, atol=0.05)
+
+
+def test_conv2d_uses_phase_vjp_only_when_switched_on(switches):
+    x = jnp.ones((1, 8, 8, 2))
+    kernel = jnp.ones((3, 3, 2, 2))
+    grad_jaxpr = lambda: str(jax.make_jaxpr(jax.grad(lambda xx: jnp.sum(conv2d(xx, kernel, 2, 1))))(x))  # noqa: E731
+    assert "lhs_dilation=(2, 2)" not in grad_jaxpr()   # phases: stride-1 convolutions only
+    switches.set_cpu_phase_vjp(False)
+    assert "lhs_dilation=(2, 2)" in grad_jaxpr()       # XLA's own transpose: the s-dilated cotangent
+
+
+def test_conv_module_gradients_same_with_and_without_workarounds(switches):
+    """A stride-2 Conv2d -> BatchNorm -> ReLU chain: loss and gradients equal with all CPU paths off."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((2, 13, 11, 4)), jnp.float32)
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.conv = Conv2d(4, 6, 3, stride=2, rngs=nnx.Rngs(0))
+            self.bn = BatchNorm(6)
+
+        def __call__(self, v):
+            return jax.nn.relu(self.bn(self.conv(v)))
+
+    def grads():
+        net = Net()
+        loss, g = nnx.value_and_grad(lambda m: jnp.sum(m(x) ** 2))(net)
+        return loss, nnx.to_pure_dict(nnx.state(g)), np.asarray(net.bn.mean[...])
+
+    on = grads()
+    switches.set_cpu_phase_vjp(False)
+    switches.set_cpu_materialization(False)
+    off = grads()
+    np.testing.assert_allclose(on[0], off[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(on[1]), jax.tree.leaves(off[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(on[2], off[2], rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------ xla_flags
+
+def test_target_platform_from_argument_and_env(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert xla_flags.target_platform() == "cuda"
+    assert xla_flags.target_platform("tpu") == "tpu"
+    monkeypatch.setenv("JAX_PLATFORMS", "gpu")
+    assert xla_flags.target_platform() == "cuda"
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert xla_flags.target_platform() == "cpu"
+
+
+def test_jaxlib_flag_detection():
+    assert xla_flags.jaxlib_has_flags(["--xla_cpu_use_thunk_runtime=true"])   # a long-standing flag
+    assert not xla_flags.jaxlib_has_flags(["--xla_cpu_no_such_flag_for_psa_jax=1"])
+
+
+def test_configure_xla_leaves_accelerators_plain(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    for platform in ("cuda", "tpu", "rocm"):
+        info = xla_flags.configure_xla(platform=platform)
+        assert info["added_flags"] == [] and info["platform"] == platform
+        assert "onednn" not in info["xla_flags"]
+
+
+def test_configure_xla_on_cpu(monkeypatch):
+    """In this process the backend is initialised, so adding flags must refuse loudly; flags
+    already present are kept without error."""
+    jnp.zeros(1).block_until_ready()
+    if not xla_flags.jaxlib_has_flags(xla_flags.CPU_ONEDNN_FLAGS):
+        pytest.skip("this jaxlib has no oneDNN fusion flags")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    with pytest.raises(RuntimeError, match="before the first JAX computation"):
+        xla_flags.configure_xla(platform="cpu")
+    monkeypatch.setenv("XLA_FLAGS", " ".join(xla_flags.CPU_ONEDNN_FLAGS))
+    info = xla_flags.configure_xla(platform="cpu")
+    assert info["added_flags"] == []
+    assert xla_flags.configure_xla(platform="cpu", cpu_onednn=False)["added_flags"] == []
+
+
+def test_configure_xla_in_fresh_process_adds_flags(tmp_path):
+    """A new interpreter: flags are added before the backend starts and XLA accepts them."""
+    import subprocess
+    import sys
+    code = ("import os; os.environ.pop('XLA_FLAGS', None)\n"
+            "from psa_jax.training.xla_flags import configure_xla\n"
+            f"info = configure_xla(platform='cpu', cache_dir={str(tmp_path / 'cache')!r})\n"
+            "import jax, jax.numpy as jnp\n"
+            "print(int(jnp.sum(jnp.arange(4))), info['added_flags'] == [] or 'onednn' in os.environ['XLA_FLAGS'],\n"
+            "      jax.config.jax_compilation_cache_dir is not None)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["6", "True", "True"]
