@@ -4,11 +4,6 @@ import os
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-# Tests run small inputs, so XLA:CPU compile time dominates: skipping LLVM's expensive passes
-# and the fusion emitters cut it from 26 s to 6 s for a tiny HRNet train step (the programs run
-# slower, which small test inputs do not notice); results are unchanged.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                                   "--xla_cpu_use_fusion_emitters=false")
 
 import pathlib  # noqa: E402
 import tempfile  # noqa: E402

@@ -25,9 +25,10 @@ def _load_config(path: str, overrides: list[str]):
     from ml_collections import config_flags
     from absl import flags
 
+    argv = ["convert", f"--config={path}"] + [f"--config.{o}" for o in overrides]
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", path, "config", flag_values=fv, lock_config=True)
-    fv([sys.argv[0]] + [f"--config.{o}" for o in overrides])
+    config_flags.DEFINE_config_file("config", path, "config", flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
     return fv.config
 
 

@@ -74,6 +74,15 @@ def _check_input(x: jax.Array, channels: int, who: str) -> None:
                          f"(shape {x.shape})")
 
 
+def _pointwise(conv: Conv2d, z: jax.Array) -> jax.Array:
+    """A 1x1 `Conv2d` applied to pooled vectors (B, C_in) -> (B, C_out) in fp32, as a matrix
+    product (the same numbers as the convolution of a (B, 1, 1, C_in) map, without a convolution
+    op and its layout transposes in the backward pass); the MAC counter is told a 1x1 map."""
+    conv.record_macs(1, 1)
+    y = z.astype(_F32) @ conv.matrix(_F32)
+    return y if conv.bias is None else y + conv.bias[...].astype(_F32)
+
+
 def _softmax_hw(logits: jax.Array) -> jax.Array:
     """Softmax over the H, W axes of a (B, H, W, ...) fp32 array."""
     b, h, w = logits.shape[:3]
@@ -96,8 +105,9 @@ class _BottleneckUp(nnx.Module):
         self.expand = Conv2d(mid, out_channels, 1, use_bias=True, kernel_init=kernel_init, dtype=_F32, rngs=rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
-        """(B, 1, 1, C/2) -> (B, 1, 1, C)."""
-        return self.expand(jax.nn.relu(self.norm(self.reduce(z))))
+        """(B, C/2) -> (B, C): the 1x1 convolutions of a 1x1 map, applied as matrix products."""
+        h = _pointwise(self.reduce, z)
+        return _pointwise(self.expand, jax.nn.relu(self.norm(h)))
 
 
 class ChannelOnlyAttention(nnx.Module):
@@ -149,10 +159,10 @@ class ChannelOnlyAttention(nnx.Module):
         p = _softmax_hw(q)                                                               # (B, H, W)
         pooled = jnp.einsum("bhw,bhwc->bc", p.astype(dtype), x, preferred_element_type=_F32)
         z = pooled @ self.conv_v_right.matrix(_F32)                                      # (B, C/2)
-        z = self.conv_up(z[:, None, None, :])                                            # (B, 1, 1, C)
+        z = self.conv_up(z) if isinstance(self.conv_up, _BottleneckUp) else _pointwise(self.conv_up, z)
         if self.norm is not None:
             z = self.norm(z)
-        return jax.nn.sigmoid(z)
+        return jax.nn.sigmoid(z)[:, None, None, :]                                       # (B, 1, 1, C)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x * A_ch(x): (B, H, W, C) -> (B, H, W, C)."""
@@ -204,20 +214,23 @@ class SpatialOnlyAttention(nnx.Module):
         mean = jnp.mean(x, axis=(1, 2), dtype=_F32)                                       # (B, C)
         wq = self.conv_q_left.matrix(_F32)                                               # (C, C/2)
         wv = self.conv_v_left.matrix(_F32)
-        if channel_scale is None:
-            wv_b = jnp.broadcast_to(wv, (x.shape[0],) + wv.shape)
-        else:
+        if channel_scale is not None:
             channel_scale = channel_scale.astype(_F32)
             mean = mean * channel_scale
-            wv_b = channel_scale[:, :, None] * wv                                        # (B, C, C/2)
         g = mean @ wq                                                                    # (B, C/2) = GAP(W_q x)
         if self.formulation == "official" and self.softmax_rows:
-            theta = jnp.einsum("bhwc,bcd->bhwd", x, wv_b.astype(dtype), preferred_element_type=_F32)
+            if channel_scale is None:
+                theta = jnp.einsum("bhwc,cd->bhwd", x, wv.astype(dtype), preferred_element_type=_F32)
+            else:
+                wv_b = channel_scale[:, :, None] * wv                                    # (B, C, C/2)
+                theta = jnp.einsum("bhwc,bcd->bhwd", x, wv_b.astype(dtype), preferred_element_type=_F32)
             ctx = jnp.einsum("bhwd,bd->bhw", _softmax_hw(theta), g)
         else:
             if self.formulation == "paper":
                 g = jax.nn.softmax(g, axis=-1)
-            k = jnp.einsum("bcd,bd->bc", wv_b, g)                                         # W_v^T G
+            k = g @ wv.T                                                                 # (B, C) = W_v^T G
+            if channel_scale is not None:
+                k = k * channel_scale
             ctx = jnp.einsum("bhwc,bc->bhw", x, k.astype(dtype), preferred_element_type=_F32)
             if self.formulation == "official":
                 ctx = _softmax_hw(ctx)

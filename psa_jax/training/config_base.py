@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
-__all__ = ["pose_config", "seg_config", "common_config"]
+__all__ = ["pose_config", "seg_config", "common_config", "udp_psa_pose_config", "nvidia_mscale_psa_config"]
 
 
 def common_config() -> mlc.ConfigDict:
@@ -80,4 +80,59 @@ def seg_config() -> mlc.ConfigDict:
     c.schedule.power = 0.9
     c.eval = mlc.ConfigDict(dict(split="validation", mode="whole", scales=(), flip=False, window=(1024, 2048),
                                  stride=(0, 0), batch_size=2, every_epochs=50, every_steps=0))
+    return c
+
+
+def udp_psa_pose_config(attention: str, input_size: tuple[int, int]) -> mlc.ConfigDict:
+    """UDP-Pose-PSA with HRNet-W48 (the DeLightCMU/PSA README's pose rows).
+
+    No pose code or config was released with PSA (psa_module.md §5.3, §6.2); this follows the UDP
+    baseline it names: HuangJunJie2017/UDP-Pose mmpose branch configs/top_down/hrnet/coco/
+    hrnet_w32_coco_256x192_udp.py (Adam 3e-3 with 500-iteration linear warm-up from x0.001, x0.1
+    at epochs 170/200, 210 epochs, 48 images per GPU, UDP warp and targets, flip test without
+    shift), with PSA after conv1-BN-ReLU of every stage 2-4 BasicBlock as in the official
+    segmentation code. Placement and schedule of the PSA pose runs could not be verified.
+    """
+    c = pose_config()
+    c.model.width = "w48"
+    c.model.attention = attention
+    c.data.input_size = tuple(input_size)
+    c.data.codec = "udp"
+    c.batch_size = 192
+    c.optimizer.lr = 3e-3
+    c.schedule.warmup_steps = 500
+    c.schedule.warmup_ratio = 0.001
+    return c
+
+
+def nvidia_mscale_psa_config(attention: str) -> mlc.ConfigDict:
+    """HRNetV2-OCR + PSA as NVIDIA's HRNet_Mscale: the network and recipe of the released PSA checkpoints.
+
+    Recipe: NVIDIA semantic-segmentation scripts/train_cityscapes.yml as the PSA repository ships
+    it (psa_module.md §6.1): MscaleOCR two-scale training (0.5x / 1.0x), 0.5 BCE + 0.5 RMI on the
+    joint prediction, 0.4 auxiliary, 0.05 per-scale supervision; SGD 5e-3 (8 GPUs, 1 image each),
+    momentum 0.9, weight decay 1e-4, poly exponent 2 stepped per epoch, 175 epochs; crops
+    1024x2048, scale 0.5-2.0, colour jitter 0.25; evaluation with hierarchical multi-scale attention
+    at 0.5/1.0/2.0, no flip. Not reproduced: NVIDIA's class-uniform crop sampling and the Mapillary
+    pre-training (`--snapshot`); start from ImageNet HRNet-W48 with config.init.pytorch.
+    """
+    c = seg_config()
+    c.model.name = "mscale_ocr"
+    c.model.width = "w48"
+    c.model.attention = attention
+    c.model.align_corners = "false"
+    c.data.augment = "nvidia"
+    c.data.crop_size = (1024, 2048)
+    c.data.cache_dir = "auto"
+    c.loss.recipe = "nvidia_mscale"
+    c.batch_size = 8
+    c.num_epochs = 175
+    c.optimizer.lr = 5e-3
+    c.optimizer.weight_decay = 1e-4
+    c.schedule.name = "poly_epoch"
+    c.schedule.power = 2.0
+    c.eval.mode = "mscale"
+    c.eval.scales = (0.5, 1.0, 2.0)
+    c.eval.batch_size = 1
+    c.eval.every_epochs = 25
     return c
