@@ -226,14 +226,17 @@ def main(argv=None) -> dict:
         if args.compile_only:
             print(json.dumps(result), flush=True)
             return result
-        times, cpu = [], []
+        times, cpu, faults = [], [], []
         for i in range(args.warmup + args.steps):
             t, c = time.perf_counter(), time.process_time()
+            f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             state, loss = compiled(state, images, target)
             loss.block_until_ready()
             if i >= args.warmup:
                 times.append(time.perf_counter() - t)
                 cpu.append(time.process_time() - c)
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
+        result["train_page_faults"] = statistics.median(faults)
         if not np.isfinite(float(loss)):
             raise SystemExit(f"train step produced a non-finite loss {float(loss)}")
         result.update(train_step_s=statistics.median(times), train_img_s=args.batch / statistics.median(times),

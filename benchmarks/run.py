@@ -42,9 +42,9 @@ TORCH_PYTHON = HERE / ".venv-torch" / "bin" / "python"
 
 # (model, attention, batch, input, with PyTorch peer, steps)
 CPU_CASES = [
-    ("pose_w32", "none", 8, "256x192", True, 5),
-    ("pose_w32", "psa_p", 8, "256x192", True, 5),
-    ("pose_w32", "psa_s", 8, "256x192", True, 5),
+    ("pose_w32", "none", 8, "256x192", True, 4),
+    ("pose_w32", "psa_p", 8, "256x192", True, 4),
+    ("pose_w32", "psa_s", 8, "256x192", True, 4),
     ("seg_w48_ocr", "none", 1, "256x512", False, 3),
 ]
 QUICK_CASES = [("pose_w32", "none", 8, "256x192", True, 2)]
@@ -56,13 +56,18 @@ ACCEL_CASES = [
     ("pose_w48", "psa_s", 32, "384x288", True, 10),
     ("seg_w48_ocr", "psa_s", 4, "512x1024", False, 10),
 ]
+# Both frameworks' processes get this: glibc then backs its large mmapped chunks with transparent
+# huge pages. XLA:CPU allocates its temp buffer (1.5 GB for the W32 train step) afresh every step,
+# and with 4 KiB pages that was ~400,000 page faults per step (0.7 CPU-s); PyTorch's speed does
+# not change with it (benchmarks/NOTES.md). It must be in the environment when the process starts.
+HOST_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 RECORD_KEYS = ("framework", "model", "attention", "batch", "input", "train_img_s", "infer_img_s", "peak_rss_mb",
                "compile_s")
 
 
 def _run(cmd: list[str], timeout: float) -> dict:
     """Runs one case process; returns its JSON (last stdout line) or {'error': ...}."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3", **HOST_ENV)
     env.pop("XLA_FLAGS", None)  # each case configures its own
     t = time.perf_counter()
     try:
@@ -90,10 +95,12 @@ def run_case(model: str, attention: str, batch: int, size: str, peer: bool, step
              cache_dir: Path, torch_ok: bool, dtype: str, timeout: float, log) -> list[dict]:
     """`rounds` alternating JAX / PyTorch processes for one case; returns one record per framework."""
     common = ["--model", model, "--attention", attention, "--batch", str(batch), "--input", size,
-              "--steps", str(steps), "--warmup", "2" if steps > 2 else "1"]
+              "--steps", str(steps), "--warmup", "1"]
     jax_cmd = [str(JAX_PYTHON), str(HERE / "jax_peer.py"), *common, "--dtype", dtype, "--cache_dir", str(cache_dir)]
     torch_cmd = [str(TORCH_PYTHON), str(HERE / "torch_peer.py"), *common]
     runs: dict[str, list[dict]] = {"jax": [], "pytorch": []}
+    if not (peer and torch_ok):
+        rounds = 1  # nothing to alternate with
     for r in range(rounds):
         order = ["jax", "pytorch"] if r % 2 == 0 else ["pytorch", "jax"]
         for fw in order:
@@ -148,7 +155,10 @@ def run_pipelines(quick: bool, timeout: float, log) -> dict:
     out = {}
     for name in ("pose_pipeline", "seg_pipeline"):
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            cmd = [str(JAX_PYTHON), str(HERE / f"{name}.py"), "--out", f.name] + (["--quick"] if quick else [])
+            # The segmentation benchmark's full setting times 3 sources x every augmentation preset
+            # for 3 trials; its quick setting (1 trial, 3 s) is what the table reports.
+            quick_here = quick or name == "seg_pipeline"
+            cmd = [str(JAX_PYTHON), str(HERE / f"{name}.py"), "--out", f.name] + (["--quick"] if quick_here else [])
             log(f"  {name} ...")
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                                   env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"))
@@ -204,7 +214,9 @@ def markdown(results: dict) -> str:
         "Train = forward + backward + Adam update, BatchNorm in training mode; inference = eval-mode "
         "forward. `peak RSS` is the train process's peak resident memory; `compile` the first JAX "
         "train step's trace + compile (empty cache; `cached` = loaded from the persistent "
-        "compilation cache). Ratios are JAX / PyTorch (> 1: JAX faster; memory: < 1 is JAX smaller).",
+        "compilation cache). Ratios are JAX / PyTorch (> 1: JAX faster; memory: < 1 is JAX smaller). "
+        f"Every process ran with {' '.join(f'{k}={v}' for k, v in results.get('host_env', {}).items())} "
+        "(see benchmarks/NOTES.md).",
         "",
         "| model | attention | batch | input | framework | train img/s | infer img/s | peak RSS MB | "
         "compile s (cached) | GFLOP/img | train GFLOP/s |",
@@ -279,8 +291,8 @@ def main(argv=None) -> dict:
     dtype = args.dtype or ("bfloat16" if args.accelerator else "float32")
     if args.cases:
         wanted = {tuple(c.split(":")) for c in args.cases.split(",")}
-        cases = [c for c in CPU_CASES + ACCEL_CASES if (c[0], c[1]) in wanted]
-        cases = list(dict.fromkeys(cases))
+        pool = ACCEL_CASES if args.accelerator else CPU_CASES
+        cases = [c for c in pool if (c[0], c[1]) in wanted]
     torch_ok = TORCH_PYTHON.exists() and not args.no_torch
 
     def log(msg: str) -> None:
@@ -289,7 +301,7 @@ def main(argv=None) -> dict:
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "quick": args.quick, "rounds": rounds, "machine": _machine(), "versions": _versions(torch_ok),
-        "load_start": _load(), "cases": [],
+        "load_start": _load(), "host_env": HOST_ENV, "cases": [],
         "accelerator": None if args.accelerator else "none lent to this run (CPU only)",
     }
     if not torch_ok:
@@ -301,6 +313,7 @@ def main(argv=None) -> dict:
             results["cases"] += run_case(model, att, batch, size, peer, steps, rounds=rounds,
                                          cache_dir=Path(cache_dir), torch_ok=torch_ok, dtype=dtype,
                                          timeout=args.timeout, log=log)
+            Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")  # partial results
     if not args.no_pipelines:
         log("input pipelines")
         results["pipelines"] = run_pipelines(args.quick, args.timeout, log)

@@ -1,18 +1,22 @@
 """Backend-specific program shaping. Every function here is the identity on values.
 
 XLA:CPU fuses elementwise producers into their consumers. In a residual network's backward pass
-it copied the whole BatchNorm/ReLU/residual elementwise chain (hundreds of ops) into every
-weight-gradient fusion, which made the HRNet train step both slow and slow to compile
-(`../shared/reference/cpu_performance.md`; measured here on HRNet-W18-small, batch 16 at 128x96:
-2.4 s/step and 95 s to compile, against 0.8 s and 45 s with this). `materialize` forces its
-argument to be computed once into a buffer by routing it through a data-dependent `lax.cond`
-whose two branches both return the input unchanged (XLA cannot fold the predicate; one branch
-is `v`, the other `v * 1`, bit-identical for every value, NaN included, and written differently
-so that JAX does not forward the operand around the cond and drop it). `lax.optimization_barrier` does not work for
-this on CPU (it is removed before fusion).
+it copied the residual stream's whole add/ReLU chain (across all blocks of a branch, up to 218
+instructions) into every weight-gradient transpose fusion, which made the HRNet-W32 train step
+both slow and slow to compile (26 s/step and 119 s of XLA compile, against 9 s and 47 s with
+materialisation points on the block and fuse outputs; `benchmarks/NOTES.md`). `materialize`
+forces its argument to be computed once into a buffer by routing it through a data-dependent
+`lax.cond` whose two branches both return the input unchanged: XLA cannot fold the predicate;
+one branch is `v`, the other `v * 1` (bit-identical for every value: NaN, inf, -0.0). The
+branches must differ syntactically, because JAX (0.10) drops every cond output that all
+branches merely forward, which silently removed a cond of two identities.
+`lax.optimization_barrier` does not work for this on CPU (it is removed before fusion).
 
-It is applied only when the default backend is the CPU and `set_cpu_materialization(True)`
-(the default); GPU and TPU compile the plain program.
+The points sit on residual-block outputs (`psa_jax.models.blocks`) and on the fuse outputs of
+HRNet modules (`psa_jax.models.hrnet`), not on BatchNorm outputs (there they kept one more
+buffer alive per conv-BN pair: +580 MB for W32, no speed gain). They are applied only when the
+default backend is the CPU and `set_cpu_materialization(True)` (the default); GPU and TPU
+compile the plain program.
 
 The same switch pattern guards the other CPU-only workaround, the phase-convolution gradient of
 strided convolutions (`psa_jax.layers.conv.conv2d`, `set_cpu_phase_vjp`): XLA:CPU lowers a
