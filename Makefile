@@ -17,8 +17,11 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
+# glibc backs XLA:CPU's large per-step buffers with huge pages (psa_jax/training/host_memory.py).
+HOST_ENV ?= GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+
 demo: venv
-	$(PY) train.py --workdir=workdirs/demo
+	$(HOST_ENV) $(PY) train.py --workdir=workdirs/demo
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS) tests

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from psa_jax.data.pipeline import global_batch
 from psa_jax.training.checkpointing import Checkpointer, abstract_like
+from psa_jax.training.host_memory import trim_host_memory
 from psa_jax.training.init_weights import initialise_weights
 from psa_jax.training.metrics_log import MetricsLog
 from psa_jax.training.optimizers import make_optimizer, make_schedule
@@ -96,8 +97,13 @@ def train(config, workdir: str) -> dict:
         logger.info("resumed from step %d", start)
 
     # ---------------------------------------------------------------- steps
+    # The step takes and returns flat lists of arrays (see psa_jax.training.train_step); the
+    # nnx.State trees are rebuilt only for evaluation and checkpoints.
     step_fn = make_train_step(model_gd, opt_gd, task.loss_fn, schedule=schedule, model_sharding=model_sh,
-                              opt_sharding=opt_sh, mesh=mesh)
+                              opt_sharding=opt_sh, mesh=mesh, flat_state=True)
+    model_def, opt_def = jax.tree.structure(model_sh), jax.tree.structure(opt_sh)
+    model_leaves, opt_leaves = jax.tree.leaves(model_state), jax.tree.leaves(opt_state)
+    del model_state, opt_state  # donated to the first step
     forward = make_forward(model_gd, task.forward, model_sharding=model_sh, mesh=mesh)
     batch_sh = data_sharding(mesh)
     log = MetricsLog(workdir)
@@ -108,7 +114,9 @@ def train(config, workdir: str) -> dict:
     for step in pbar:
         local = next(train_iter)
         batch = global_batch({k: v for k, v in local.items() if k in _TRAIN_FIELDS}, batch_sh)
-        model_state, opt_state, metrics = step_fn(model_state, opt_state, batch)
+        model_leaves, opt_leaves, metrics = step_fn(model_leaves, opt_leaves, batch)
+        if step == start + 1:
+            trim_host_memory()  # give the compiler's freed heap back to the OS
 
         is_eval = step % eval_every == 0 or step == total_steps
         if step % config.log_every_steps == 0 or is_eval or step == start + 1:
@@ -124,6 +132,8 @@ def train(config, workdir: str) -> dict:
 
         if is_eval:
             final = step == total_steps
+            model_state = jax.tree.unflatten(model_def, model_leaves)
+            opt_state = jax.tree.unflatten(opt_def, opt_leaves)
             results = task.evaluate(host_predict_fn(forward, model_state, mesh), step=step, final=final)
             log.write("eval", step, results)
             logger.info("step %d: %s", step, {k: round(v, 4) for k, v in results.items() if isinstance(v, float)})

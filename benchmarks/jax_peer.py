@@ -150,22 +150,6 @@ def apply_tuning(args: argparse.Namespace) -> dict:
     return xla
 
 
-def trim_host_memory() -> bool:
-    """Returns freed heap pages to the OS (glibc `malloc_trim(0)`); False where unavailable.
-
-    XLA's compiler frees gigabytes when it finishes, but glibc keeps them in its arenas, and the
-    executable's own buffers are then allocated on top: trimming after compilation lowers the
-    train process's peak resident memory by about the compiler's peak (benchmarks/NOTES.md).
-    """
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
 def _rss_now_mb() -> float:
     try:
         with open("/proc/self/statm") as fh:
@@ -212,6 +196,7 @@ def main(argv=None) -> dict:
         result.update(trace_s=t1 - t0, xla_compile_s=t2 - t1, compile_s=t2 - t0, compile_cpu_s=time.process_time() - c0,
                       rss_after_compile_mb=_rss_mb())
         if not args.no_trim:
+            from psa_jax.training.host_memory import trim_host_memory
             del lowered
             trim_host_memory()
             result["rss_after_trim_mb"] = _rss_now_mb()

@@ -3,6 +3,7 @@
     python benchmarks/run.py            # everything (about 1 hour on a 2-core CPU)
     python benchmarks/run.py --quick    # about 2-3 minutes: W32 (no attention), 1 round, quick pipelines
     python benchmarks/run.py --cases pose_w32:psa_p --rounds 5 --no_pipelines
+    python benchmarks/run.py --only_pipelines  # keep results.json's model cases, re-measure the pipelines
 
 Each measurement is a separate process (`jax_peer.py` / `torch_peer.py`), so that peak resident
 memory is the case's own. The two frameworks alternate process by process (JAX first in odd
@@ -35,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from psa_jax.training.host_memory import HUGE_PAGE_ENV
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 JAX_PYTHON = Path(sys.executable)
@@ -56,11 +59,10 @@ ACCEL_CASES = [
     ("pose_w48", "psa_s", 32, "384x288", True, 10),
     ("seg_w48_ocr", "psa_s", 4, "512x1024", False, 10),
 ]
-# Both frameworks' processes get this: glibc then backs its large mmapped chunks with transparent
-# huge pages. XLA:CPU allocates its temp buffer (1.5 GB for the W32 train step) afresh every step,
-# and with 4 KiB pages that was ~400,000 page faults per step (0.7 CPU-s); PyTorch's speed does
-# not change with it (benchmarks/NOTES.md). It must be in the environment when the process starts.
-HOST_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+# Both frameworks' processes get the huge-page environment (`psa_jax.training.host_memory`):
+# it removes XLA:CPU's per-step page faults on its temp buffer; PyTorch's speed does not change
+# with it (benchmarks/NOTES.md). It must be in the environment when a process starts.
+HOST_ENV = dict(HUGE_PAGE_ENV)
 RECORD_KEYS = ("framework", "model", "attention", "batch", "input", "train_img_s", "infer_img_s", "peak_rss_mb",
                "compile_s")
 
@@ -251,7 +253,8 @@ def markdown(results: dict) -> str:
             lines.append(f"| {model} | {att} | {batch} | {size} | {tr:.2f} | {inf:.2f} | {mem:.2f} |")
     pipes = results.get("pipelines") or {}
     if pipes:
-        lines += ["", "Input pipelines (samples/s per core; grain, one reader thread per core):", ""]
+        when = f", measured {results['pipelines_date']}" if results.get("pipelines_date") else ""
+        lines += ["", f"Input pipelines (samples/s per core; grain, one reader thread per core{when}):", ""]
         pose = pipes.get("pose_pipeline", {})
         if "grain_all_cores" in pose:
             g = pose["grain_all_cores"]
@@ -281,6 +284,8 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", default=None, help="JAX compute dtype (default float32 on CPU, bfloat16 with "
                                                  "--accelerator)")
     p.add_argument("--no_pipelines", action="store_true")
+    p.add_argument("--only_pipelines", action="store_true",
+                   help="keep the model cases of --out_json, re-measure the input pipelines, rewrite the table")
     p.add_argument("--no_torch", action="store_true")
     p.add_argument("--timeout", type=float, default=1800, help="per process")
     p.add_argument("--out_json", default=str(HERE / "results.json"))
@@ -307,6 +312,12 @@ def main(argv=None) -> dict:
     if not torch_ok:
         log(f"PyTorch peer environment not found at {TORCH_PYTHON}: run `bash benchmarks/setup_torch_env.sh`; "
             "measuring JAX only.")
+    if args.only_pipelines:
+        previous = json.loads(Path(args.out_json).read_text())
+        results.update({k: previous[k] for k in ("date", "quick", "rounds", "versions", "load_start", "host_env",
+                                                  "cases", "accelerator") if k in previous})
+        results["pipelines_date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        cases = []
     with tempfile.TemporaryDirectory(prefix="psa_jax_cache_") as cache_dir:
         for model, att, batch, size, peer, steps in cases:
             log(f"{model} attention={att} batch={batch} input={size}")

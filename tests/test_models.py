@@ -44,16 +44,20 @@ def test_psa_overhead_in_params_matches_the_per_block_formula():
     assert p - base == sum(n * (2 * c * c + c) for c, n in blocks.items())
 
 
-def _train_grads(model, images, target_fn):
+def _train_grads(model, images, target_fn, *, with_outputs=False):
+    """(loss, grads) of target_fn(model(images)) in training mode; with_outputs: also the outputs."""
     model.train()
 
     @nnx.jit
     def step(m, x):
         def loss(m):
-            return target_fn(m(x))
-        return nnx.value_and_grad(loss)(m)
+            y = m(x)
+            return target_fn(y), y
+        (value, y), grads = nnx.value_and_grad(loss, has_aux=True)(m)
+        return value, grads, y
 
-    return step(model, images)
+    value, grads, y = step(model, images)
+    return (value, grads, y) if with_outputs else (value, grads)
 
 
 def _check(loss, grads):
@@ -77,8 +81,9 @@ def test_every_attention_option_trains_in_both_residual_blocks(attention):
 def test_the_pose_network_trains_with_psa():
     model = pose_hrnet("w8_tiny", attention="psa_p", num_keypoints=5)
     x = jax.random.normal(jax.random.key(0), (2, 64, 32, 3))
-    assert nnx.jit(lambda m, x: m(x))(model, x).shape == (2, 16, 8, 5)
-    _check(*_train_grads(model, x, lambda y: jnp.mean(y ** 2)))
+    loss, grads, y = _train_grads(model, x, lambda y: jnp.mean(y ** 2), with_outputs=True)
+    assert y.shape == (2, 16, 8, 5)
+    _check(loss, grads)
 
 
 @pytest.mark.parametrize("name", ["seg_hrnet", "seg_hrnet_ocr", "mscale_ocr", "pose_resnet", "pose_all_residual"])
@@ -91,24 +96,26 @@ def test_every_network_has_documented_outputs_and_finite_gradients(name):
         _check(*_train_grads(model, x, lambda y: jnp.mean(y ** 2)))
     elif name == "seg_hrnet_ocr":
         model = seg_hrnet("w8_tiny", num_classes=7, ocr=True, attention="psa_p")
-        model.train()
-        main, aux = nnx.jit(lambda m, x: m(x))(model, x)
+        loss, grads, (main, aux) = _train_grads(model, x, lambda y: jnp.mean(y[0] ** 2) + 0.4 * jnp.mean(y[1] ** 2),
+                                                with_outputs=True)
         assert main.shape == aux.shape == (2, 16, 16, 7)
+        _check(loss, grads)
         model.eval()
         assert nnx.jit(lambda m, x: m(x))(model, x).shape == (2, 16, 16, 7)
-        _check(*_train_grads(model, x, lambda y: jnp.mean(y[0] ** 2) + 0.4 * jnp.mean(y[1] ** 2)))
     elif name == "mscale_ocr":
         model = mscale_ocr("w8_tiny", num_classes=7, attention="psa_p", eval_scales=(0.5, 1.0))
-        out = nnx.jit(lambda m, x: m(x))(model, x)  # training mode: two-scale dict
+        loss, grads, out = _train_grads(model, x, lambda y: sum(jnp.mean(v ** 2) for v in y.values()),
+                                        with_outputs=True)  # training mode: the two-scale dict
         assert set(out) == {"pred", "aux", "pred_lo", "pred_hi"}
         assert all(v.shape == (2, 64, 64, 7) for v in out.values())
+        _check(loss, grads)
         model.eval()
         assert nnx.jit(lambda m, x: m(x))(model, x).shape == (2, 64, 64, 7)
-        _check(*_train_grads(model, x, lambda y: sum(jnp.mean(v ** 2) for v in y.values())))
     elif name == "pose_resnet":
         model = pose_resnet(26, num_keypoints=17, attention="psa_p")
-        assert nnx.jit(lambda m, x: m(x))(model, x).shape == (2, 16, 16, 17)
-        _check(*_train_grads(model, x, lambda y: jnp.mean(y ** 2)))
+        loss, grads, y = _train_grads(model, x, lambda y: jnp.mean(y ** 2), with_outputs=True)
+        assert y.shape == (2, 16, 16, 17)
+        _check(loss, grads)
     else:
         model = pose_hrnet("w8_tiny", attention="psa_s", placement="all_residual")
         assert model.backbone.layer1[0].deattn is not None

@@ -6,7 +6,11 @@ split over 'model' where it divides evenly (FSDP-style storage; XLA gathers them
 BatchNorm statistics are computed over the global batch (jit SPMD semantics: SyncBN).
 
 The model and the optimizer travel through `jax.jit` as `nnx.State` pytrees
-(`nnx.split` / `nnx.merge`), and both are donated, so a step updates them in place.
+(`nnx.split` / `nnx.merge`), and both are donated, so a step updates them in place. With
+`flat_state=True` they travel as flat lists of arrays (`jax.tree.leaves`; the tree structure is
+fixed when the step is built): rebuilding the thousands of `nnx.Variable`s of a W32 state from
+the jitted call's outputs cost about 0.09 s of host time per step (benchmarks/NOTES.md), which
+an accelerator step cannot hide.
 """
 
 from __future__ import annotations
@@ -61,11 +65,14 @@ def data_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_fn: LossFn, *,
                     schedule: optax.Schedule | None, model_sharding: Any, opt_sharding: Any,
-                    mesh: jax.sharding.Mesh, image_key: str = "image") -> Callable:
+                    mesh: jax.sharding.Mesh, image_key: str = "image", flat_state: bool = False) -> Callable:
     """Returns `step(model_state, opt_state, batch) -> (model_state, opt_state, metrics)`.
 
     Forward in training mode, `nnx.value_and_grad` of `loss_fn`, one optimizer update; BatchNorm
     statistics updated. Metrics: 'loss', 'grad_norm', 'lr' and whatever `loss_fn` reports.
+    With `flat_state`, both states are passed and returned as `jax.tree.leaves(state)` lists, in
+    the structure of `model_sharding` / `opt_sharding` (`jax.tree.unflatten` with
+    `jax.tree.structure(model_sharding)` gives the `nnx.State` back).
     """
     def step(model_state, opt_state, batch):
         model = nnx.merge(model_graphdef, model_state, copy=True)
@@ -82,8 +89,21 @@ def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, lo
         return nnx.state(model), nnx.state(optimizer), metrics
 
     batch_sharding = data_sharding(mesh)
-    return jax.jit(step, in_shardings=(model_sharding, opt_sharding, batch_sharding),
-                   out_shardings=(model_sharding, opt_sharding, NamedSharding(mesh, P())), donate_argnums=(0, 1))
+    scalar = NamedSharding(mesh, P())
+    if not flat_state:
+        return jax.jit(step, in_shardings=(model_sharding, opt_sharding, batch_sharding),
+                       out_shardings=(model_sharding, opt_sharding, scalar), donate_argnums=(0, 1))
+
+    model_def, opt_def = jax.tree.structure(model_sharding), jax.tree.structure(opt_sharding)
+
+    def flat_step(model_leaves, opt_leaves, batch):
+        model_state, opt_state, metrics = step(jax.tree.unflatten(model_def, model_leaves),
+                                               jax.tree.unflatten(opt_def, opt_leaves), batch)
+        return jax.tree.leaves(model_state), jax.tree.leaves(opt_state), metrics
+
+    model_leaves_sh, opt_leaves_sh = jax.tree.leaves(model_sharding), jax.tree.leaves(opt_sharding)
+    return jax.jit(flat_step, in_shardings=(model_leaves_sh, opt_leaves_sh, batch_sharding),
+                   out_shardings=(model_leaves_sh, opt_leaves_sh, scalar), donate_argnums=(0, 1))
 
 
 def make_forward(model_graphdef: nnx.GraphDef, forward: Callable[[nnx.Module, jax.Array], Any], *,

@@ -1,0 +1,64 @@
+"""The sharded train step: flat-list state and nnx.State trees give the same update."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from psa_jax.layers import PolarizedSelfAttention
+from psa_jax.layers.norm import BatchNorm
+from psa_jax.training.train_step import make_mesh, make_train_step, state_shardings
+
+
+class _Net(nnx.Module):
+    """conv -> BN -> PSA_p -> 1x1 conv: parameters, batch statistics and an attention block."""
+
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+        self.bn = BatchNorm(8)
+        self.psa = PolarizedSelfAttention(8, layout="parallel", rngs=rngs)
+        self.head = nnx.Conv(8, 2, (1, 1), rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(self.psa(jax.nn.relu(self.bn(self.conv(x)))))
+
+
+def _loss(out, batch):
+    return jnp.mean((out - batch["target"]) ** 2), {"mean_out": jnp.mean(out)}
+
+
+def _build(flat: bool):
+    model = _Net(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    (mgd, mst), (ogd, ost) = nnx.split(model), nnx.split(optimizer)
+    mesh = make_mesh(-1, 1)
+    msh, osh = state_shardings(mst, mesh), state_shardings(ost, mesh)
+    step = make_train_step(mgd, ogd, _loss, schedule=None, model_sharding=msh, opt_sharding=osh, mesh=mesh,
+                           flat_state=flat)
+    mst, ost = jax.device_put(mst, msh), jax.device_put(ost, osh)
+    if flat:
+        return step, jax.tree.leaves(mst), jax.tree.leaves(ost), (jax.tree.structure(msh), jax.tree.structure(osh))
+    return step, mst, ost, None
+
+
+def test_flat_state_step_equals_the_state_tree_step():
+    n = jax.device_count()
+    rng = np.random.default_rng(0)
+    batches = [{"image": jnp.asarray(rng.normal(size=(n, 8, 6, 3)), jnp.float32),
+                "target": jnp.asarray(rng.normal(size=(n, 8, 6, 2)), jnp.float32)} for _ in range(3)]
+    tree_step, mst, ost, _ = _build(flat=False)
+    flat_step, mleaves, oleaves, (mdef, odef) = _build(flat=True)
+    for batch in batches:
+        mst, ost, m_tree = tree_step(mst, ost, batch)
+        mleaves, oleaves, m_flat = flat_step(mleaves, oleaves, batch)
+        assert isinstance(mleaves, list) and all(isinstance(a, jax.Array) for a in mleaves)
+        np.testing.assert_array_equal(m_tree["loss"], m_flat["loss"])
+        np.testing.assert_array_equal(m_tree["mean_out"], m_flat["mean_out"])
+    rebuilt = jax.tree.unflatten(mdef, mleaves)
+    for a, b in zip(jax.tree.leaves(mst), jax.tree.leaves(rebuilt), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(jax.tree.unflatten(odef, oleaves)["step"][...]) == 3
+    # Three steps changed the parameters and the BatchNorm running statistics.
+    fresh = nnx.state(_Net(nnx.Rngs(0)))
+    assert not np.allclose(fresh["bn"]["mean"][...], rebuilt["bn"]["mean"][...])
+    assert not np.allclose(fresh["head"]["kernel"][...], rebuilt["head"]["kernel"][...])
