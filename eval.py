@@ -24,7 +24,7 @@ import jax
 from flax import nnx
 
 from psa_jax.training.checkpointing import Checkpointer, abstract_like
-from psa_jax.training import xla_flags
+from psa_jax.training.entry_point import start_process
 from psa_jax.training.task import get_task
 from psa_jax.training.train_step import host_predict_fn, make_forward, make_mesh, state_shardings
 
@@ -57,10 +57,7 @@ def evaluate(config, workdir: str, step: str | int = "best") -> dict:
 
 def main(argv):
     del argv
-    # CPU-only XLA flags and the persistent compilation cache, before the JAX backend starts.
-    xla_flags.configure_xla(cache_dir=os.environ.get("PSA_JAX_XLA_CACHE", os.path.expanduser("~/.cache/psa_jax/xla")))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    start_process()  # XLA flags + compilation cache before the backend starts; logging
     config = flags.FLAGS.config
     results = evaluate(config, flags.FLAGS.workdir, flags.FLAGS.step)
     for k, v in results.items():

@@ -32,7 +32,7 @@ from psa_jax.training.host_memory import trim_host_memory
 from psa_jax.training.init_weights import initialise_weights
 from psa_jax.training.metrics_log import MetricsLog
 from psa_jax.training.optimizers import make_optimizer, make_schedule
-from psa_jax.training import xla_flags
+from psa_jax.training.entry_point import start_process
 from psa_jax.training.task import get_task
 from psa_jax.training.train_step import (data_sharding, host_predict_fn, make_forward, make_mesh,
                                          make_train_step, state_shardings)
@@ -151,10 +151,7 @@ def train(config, workdir: str) -> dict:
 
 def main(argv):
     del argv
-    # CPU-only XLA flags and the persistent compilation cache, before the JAX backend starts.
-    xla_flags.configure_xla(cache_dir=os.environ.get("PSA_JAX_XLA_CACHE", os.path.expanduser("~/.cache/psa_jax/xla")))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every save at INFO
+    start_process()  # XLA flags + compilation cache before the backend starts; logging
     results = train(flags.FLAGS.config, flags.FLAGS.workdir)
     metric = "AP" if flags.FLAGS.config.task == "pose" else "mIoU"
     if results:
