@@ -57,6 +57,7 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--flops", action="store_true", help="also count executed MACs per image")
     p.add_argument("--dump_hlo", default=None, help="write the optimised train-step HLO here")
     p.add_argument("--no_trim", action="store_true", help="do not return the compiler's freed heap to the OS")
+    p.add_argument("--clear_caches", action="store_true", help="jax.clear_caches() after compiling (experiment)")
     p.add_argument("--compile_only", action="store_true", help="stop after compiling the train step")
     p.add_argument("--optimizer", default="adam", choices=("adam", "adam_flat"),
                    help="adam_flat: optax.flatten(adam), one update over the concatenated parameters")
@@ -198,6 +199,8 @@ def main(argv=None) -> dict:
         if not args.no_trim:
             from psa_jax.training.host_memory import trim_host_memory
             del lowered
+            if args.clear_caches:
+                jax.clear_caches()
             trim_host_memory()
             result["rss_after_trim_mb"] = _rss_now_mb()
         try:

@@ -147,6 +147,22 @@ def test_checkpoint_restores_onto_another_mesh_and_reports_damage(tmp_path):
     ckpt.close()
 
 
+def test_checkpointer_takes_a_relative_directory(tmp_path, monkeypatch):
+    """`train.py --workdir=workdirs/demo` (relative) must save: orbax itself wants absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    state = {"w": jnp.arange(6.0).reshape(2, 3)}
+    ckpt = Checkpointer("workdirs/run/checkpoints", best_metric="AP")
+    assert ckpt.directory.is_absolute()
+    ckpt.save(1, model=state, metrics={"AP": 0.5})
+    ckpt.wait()
+    ckpt.close()
+    again = Checkpointer(os.path.join("workdirs", "run", "checkpoints"), best_metric="AP")
+    restored = again.restore("latest", model=abstract_like(state))
+    np.testing.assert_array_equal(restored["model"]["w"], state["w"])
+    assert (tmp_path / "workdirs" / "run" / "checkpoints" / "1").is_dir()
+    again.close()
+
+
 def test_parameter_sharding_does_not_change_outputs():
     from psa_jax.models import pose_hrnet
     from psa_jax.training.train_step import host_predict_fn, make_forward

@@ -58,6 +58,9 @@ class Checkpointer:
                  best_metric: str | None = None, best_mode: str = "max", async_save: bool = True):
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode={best_mode!r} must be 'max' or 'min'")
+        directory = os.fspath(directory)
+        if "://" not in directory:  # local: orbax's tensorstore specs need absolute paths
+            directory = os.path.abspath(directory)
         self.directory = epath.Path(directory)
         self.best_metric = best_metric
         policies = [ocp.checkpoint_managers.LatestN(max(keep_latest, 1))]
