@@ -38,6 +38,21 @@ def test_train_stream_is_deterministic_and_resumable():
     assert any(not np.array_equal(x["x"], y["x"]) for x, y in zip(a[:3], other))
 
 
+def test_worker_processes_give_the_same_stream_outside_an_absl_app():
+    """`worker_count` moves the transform into processes; batches and order do not change, and no
+    absl flag parsing is needed (pytest, like a notebook, never runs absl's `app.run`)."""
+    src = list(range(23))
+    make = lambda workers: iter(pipeline.train_dataset(src, _augment, global_batch_size=4, seed=3, process_index=0,
+                                                       process_count=1, worker_count=workers))
+    threads = _take(make(0), 7)
+    it = make(2)
+    processes = _take(it, 7)
+    for x, y in zip(threads, processes, strict=True):
+        np.testing.assert_array_equal(x["x"], y["x"])
+        np.testing.assert_array_equal(x["noise"], y["noise"])
+    del it
+
+
 def test_train_epoch_covers_every_record_once_per_process():
     src = list(range(24))
     seen = []

@@ -96,8 +96,18 @@ def train_dataset(
     ds = ds.batch(local_batch, drop_remainder=True)
     it_ds = ds.to_iter_dataset(read_options or default_read_options())
     if worker_count > 0:
+        _ensure_absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it_ds
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags. train.py parses them (absl `app.run`); code that
+    imports this pipeline elsewhere (a notebook, another trainer) never did, and grain would fail
+    with `UnparsedFlagAccessError` in its workers: use the flags' defaults then."""
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 class _PaddedShard(Sequence):
