@@ -85,7 +85,11 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike, ti
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # Fixed margins (in inches) instead of tight_layout, which measured every tick label and made
+    # a plot cost 1-5 s per evaluation on a busy CPU host.
+    width = 4.2 * panels
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.16, top=0.8 if title else 0.88,
+                        wspace=0.3)
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return os.fspath(out_path)
