@@ -10,7 +10,8 @@ instances by default) rather than 12 records.
 
 Pipeline: `make_train_data` + `pipeline.train_dataset` exactly as training uses them: JPEG decode,
 half-body, scale, rotation, flip, affine warp (UDP by default), normalisation, Gaussian targets
-for 17 joints at 1/4 resolution, batching.
+for 17 joints at 1/4 resolution, batching. Images leave the pipeline as uint8 RGB by default (what
+train.py uses; the step normalises on device); `--image_dtype float32` measures host normalisation.
 
 Reported (median of `--trials`):
   * ``single_thread``: the source + transform called in a plain loop on one thread, no grain:
@@ -107,7 +108,7 @@ def stage_breakdown(source, transform, count: int = 200) -> dict:
     """ms per sample of each stage (single thread)."""
     rng = np.random.default_rng(0)
     t = {"read_bytes": 0.0, "decode": 0.0, "geometry": 0.0, "warp": 0.0, "targets": 0.0, "normalise": 0.0}
-    codec = transform.codec
+    codec, codec_dtype = transform.codec, transform.image_dtype
     for i in range(count):
         k = i % len(source)
         s = time.perf_counter()
@@ -128,7 +129,10 @@ def stage_breakdown(source, transform, count: int = 200) -> dict:
         codec.encode(joints, vis)
         t["targets"] += time.perf_counter() - s
         s = time.perf_counter()
-        normalize_image(crop)
+        if codec_dtype == "float32":
+            normalize_image(crop)
+        else:
+            np.ascontiguousarray(crop[..., ::-1])
         t["normalise"] += time.perf_counter() - s
     return {k: round(v / count * 1e3, 3) for k, v in t.items()}
 
@@ -137,6 +141,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=250)
     p.add_argument("--codec", default="udp", choices=("msra", "dark", "udp"))
+    p.add_argument("--image_dtype", default="uint8", choices=("uint8", "float32"),
+                   help="training image dtype: uint8 (what train.py uses; normalised on device) or float32")
     p.add_argument("--input", default="256x192")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seconds", type=float, default=15.0, help="per measurement")
@@ -159,11 +165,11 @@ def main(argv=None) -> dict:
         build_coco_keypoints(manual, data_dir)
         build_s = time.perf_counter() - t0
         source, transform = make_train_data(data_dir, split="validation", codec=args.codec, input_size=(h, w),
-                                            progress=False)
+                                            progress=False, image_dtype=args.image_dtype)
         result = {
             "machine": {"cores": cores, "load_avg_1min": os.getloadavg()[0]},
             "data": {"images": 4 * args.repeat, "instances": len(source), "build_s": round(build_s, 2)},
-            "setting": {"codec": args.codec, "input": [h, w], "batch": args.batch,
+            "setting": {"codec": args.codec, "input": [h, w], "batch": args.batch, "image_dtype": args.image_dtype,
                         "augment": "half-body 0.3, scale 0.35, rotation 45 (p 0.6), flip 0.5"},
             "stage_ms": stage_breakdown(source, transform),
         }

@@ -259,8 +259,10 @@ def markdown(results: dict) -> str:
         if "grain_all_cores" in pose:
             g = pose["grain_all_cores"]
             lines.append(f"* pose (COCO sample images, {pose['setting']['codec']} codec, "
+                         f"{pose['setting'].get('image_dtype', 'float32')} batches, "
                          f"{'x'.join(map(str, pose['setting']['input']))}): {g['samples_per_s_per_core']} samples/s "
                          f"per core ({g['samples_per_s']} total, {g['samples_per_cpu_s']} per CPU-second); "
+                         f"grain with one thread: {pose['grain_1_thread']['samples_per_cpu_s']} per CPU-second; "
                          f"one thread without grain: {pose['single_thread']['samples_per_cpu_s']} per CPU-second.")
         seg = pipes.get("seg_pipeline", {})
         for key, entry in (seg.get("throughput") or {}).items():

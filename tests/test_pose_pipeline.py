@@ -6,7 +6,7 @@ import pytest
 from psa_jax.data import pipeline
 from psa_jax.data.pose_pipeline import (
     IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PoseAugmentConfig, TrainTransform, build_coco_keypoints,
-    make_eval_data, make_train_data, normalize_image, visualize_sample)
+    make_eval_data, make_train_data, normalize_image, normalize_on_device, visualize_sample)
 from psa_jax.data.pose_targets import PoseCodec
 from psa_jax.data.pose_transforms import get_affine_transform, warp_image
 from psa_jax.evaluation.keypoint_decoding import decode_heatmaps
@@ -161,6 +161,22 @@ def test_normalize_image_matches_the_arithmetic():
     crop = np.random.default_rng(0).integers(0, 256, (16, 12, 3), dtype=np.uint8)
     want = (crop[..., ::-1].astype(np.float64) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     np.testing.assert_allclose(normalize_image(crop), want, atol=1e-6)
+
+
+def test_uint8_training_batches_normalised_on_device_equal_the_float_batches(sample_data_dir):
+    """`image_dtype='uint8'` (what train.py uses) + `normalize_on_device` == host normalisation."""
+    batches = {}
+    for dtype in ("float32", "uint8"):
+        source, transform = make_train_data(sample_data_dir, split="validation", codec="udp", progress=False,
+                                            image_dtype=dtype)
+        ds = pipeline.train_dataset(source, transform, global_batch_size=6, seed=5, process_index=0, process_count=1)
+        batches[dtype] = next(iter(ds))
+    assert batches["uint8"]["image"].dtype == np.uint8
+    np.testing.assert_allclose(np.asarray(normalize_on_device(batches["uint8"]["image"])),
+                               batches["float32"]["image"], rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(batches["uint8"]["target"], batches["float32"]["target"])
+    with pytest.raises(ValueError, match="image_dtype"):
+        make_train_data(sample_data_dir, split="validation", progress=False, image_dtype="float16")
 
 
 def test_eval_batches_carry_what_decoding_needs(sample_data_dir):

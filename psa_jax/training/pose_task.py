@@ -19,7 +19,8 @@ from etils import epath
 from flax import nnx
 
 from psa_jax.data import pipeline
-from psa_jax.data.pose_pipeline import PoseAugmentConfig, build_coco_keypoints, make_eval_data, make_train_data
+from psa_jax.data.pose_pipeline import (PoseAugmentConfig, build_coco_keypoints, make_eval_data, make_train_data,
+                                        normalize_on_device)
 from psa_jax.evaluation.pose_evaluator import evaluate_keypoints
 from psa_jax.models import pose_hrnet, pose_resnet
 from psa_jax.training.pose_losses import joints_mse_loss
@@ -86,12 +87,17 @@ class PoseTask:
     def train_dataset(self):
         data = self.config.data
         aug = PoseAugmentConfig(**data.augment.to_dict())
-        source, transform = make_train_data(self.data_dir, split="train", augment=aug, **self._codec_args)
+        source, transform = make_train_data(self.data_dir, split="train", augment=aug,
+                                            image_dtype=data.get("train_image_dtype", "float32"), **self._codec_args)
         ds = pipeline.train_dataset(
             source, transform, global_batch_size=self.config.batch_size, seed=self.config.seed,
             read_options=pipeline.default_read_options(data.read_threads, data.prefetch),
             worker_count=data.worker_count)
         return ds, len(source)
+
+    def preprocess(self, images: jax.Array) -> jax.Array:
+        """Training images on device -> network input: uint8 batches are normalised here."""
+        return normalize_on_device(images) if images.dtype == jnp.uint8 else images
 
     # ------------------------------------------------------------------ model and loss
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:

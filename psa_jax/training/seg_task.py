@@ -111,6 +111,10 @@ class SegTask:
                               eval_scales=tuple(m.eval_scales), dtype=dtype, rngs=rngs)
         raise ValueError(f"config.model.name={m.name!r} is not one of 'seg_hrnet', 'mscale_ocr'")
 
+    def preprocess(self, images: jax.Array) -> jax.Array:
+        """Segmentation batches arrive normalised (float32) from the host pipeline."""
+        return images
+
     def loss_fn(self, outputs: Any, batch: Mapping[str, jax.Array]):
         loss = self.config.loss
         f32 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float32), t)  # noqa: E731

@@ -34,6 +34,9 @@ class Task(Protocol):
     def train_dataset(self) -> tuple[grain.IterDataset, int]:
         """(this process's training stream, number of training examples per epoch)."""
 
+    def preprocess(self, images: jax.Array) -> jax.Array:
+        """The training batch's images -> network input, on device (e.g. uint8 normalisation)."""
+
     def loss_fn(self, outputs: Any, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(scalar loss, scalar metrics) of the training-mode outputs for a batch."""
 

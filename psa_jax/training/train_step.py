@@ -65,22 +65,26 @@ def data_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_fn: LossFn, *,
                     schedule: optax.Schedule | None, model_sharding: Any, opt_sharding: Any,
-                    mesh: jax.sharding.Mesh, image_key: str = "image", flat_state: bool = False) -> Callable:
+                    mesh: jax.sharding.Mesh, image_key: str = "image", flat_state: bool = False,
+                    preprocess: Callable[[jax.Array], jax.Array] | None = None) -> Callable:
     """Returns `step(model_state, opt_state, batch) -> (model_state, opt_state, metrics)`.
 
     Forward in training mode, `nnx.value_and_grad` of `loss_fn`, one optimizer update; BatchNorm
     statistics updated. Metrics: 'loss', 'grad_norm', 'lr' and whatever `loss_fn` reports.
     With `flat_state`, both states are passed and returned as `jax.tree.leaves(state)` lists, in
     the structure of `model_sharding` / `opt_sharding` (`jax.tree.unflatten` with
-    `jax.tree.structure(model_sharding)` gives the `nnx.State` back).
+    `jax.tree.structure(model_sharding)` gives the `nnx.State` back). `preprocess` maps the
+    batch's images to the network input on device (e.g. uint8 -> normalised float32).
     """
     def step(model_state, opt_state, batch):
         model = nnx.merge(model_graphdef, model_state, copy=True)
         optimizer = nnx.merge(opt_graphdef, opt_state, copy=True)
         model.train()
 
+        images = batch[image_key] if preprocess is None else preprocess(batch[image_key])
+
         def compute(m):
-            return loss_fn(m(batch[image_key]), batch)
+            return loss_fn(m(images), batch)
 
         (loss, aux), grads = nnx.value_and_grad(compute, has_aux=True)(model)
         lr = schedule(optimizer.step[...]) if schedule is not None else jnp.nan
