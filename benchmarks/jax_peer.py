@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from peer_io import emit, peak_rss_mb, rss_now_mb  # noqa: E402  (benchmarks/, this script's folder)
 
 
 def _parse(argv=None) -> argparse.Namespace:
@@ -151,18 +152,6 @@ def apply_tuning(args: argparse.Namespace) -> dict:
     return xla
 
 
-def _rss_now_mb() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-    except OSError:
-        return float("nan")
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def main(argv=None) -> dict:
     args = _parse(argv)
     xla = apply_tuning(args)
@@ -186,7 +175,7 @@ def main(argv=None) -> dict:
     result["phase_vjp"] = backend_tuning.cpu_phase_vjp_enabled()
 
     if args.mode in ("both", "train"):
-        result["rss_before_compile_mb"] = _rss_now_mb()
+        result["rss_before_compile_mb"] = rss_now_mb()
         step, state, unflatten = make_train_step(model, loss_fn, flat_state=not args.state_pytree,
                                                    optimizer=args.optimizer)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -195,14 +184,14 @@ def main(argv=None) -> dict:
         compiled = lowered.compile()
         t2 = time.perf_counter()
         result.update(trace_s=t1 - t0, xla_compile_s=t2 - t1, compile_s=t2 - t0, compile_cpu_s=time.process_time() - c0,
-                      rss_after_compile_mb=_rss_mb())
+                      rss_after_compile_mb=peak_rss_mb())
         if not args.no_trim:
             from psa_jax.training.host_memory import trim_host_memory
             del lowered
             if args.clear_caches:
                 jax.clear_caches()
             trim_host_memory()
-            result["rss_after_trim_mb"] = _rss_now_mb()
+            result["rss_after_trim_mb"] = rss_now_mb()
         try:
             mem = compiled.memory_analysis()
             result.update(xla_temp_mb=mem.temp_size_in_bytes / 2 ** 20, xla_args_mb=mem.argument_size_in_bytes / 2 ** 20,
@@ -228,7 +217,7 @@ def main(argv=None) -> dict:
         if not np.isfinite(float(loss)):
             raise SystemExit(f"train step produced a non-finite loss {float(loss)}")
         result.update(train_step_s=statistics.median(times), train_img_s=args.batch / statistics.median(times),
-                      train_step_times=times, train_cpu_s=statistics.median(cpu), peak_rss_mb=_rss_mb())
+                      train_step_times=times, train_cpu_s=statistics.median(cpu), peak_rss_mb=peak_rss_mb())
         model, _ = unflatten(state)
         del state, compiled
 
@@ -254,17 +243,13 @@ def main(argv=None) -> dict:
         result.update(infer_img_s=args.batch / statistics.median(times), infer_step_times=times,
                       infer_cpu_s=statistics.median(cpu))
         if "peak_rss_mb" not in result:
-            result["peak_rss_mb"] = _rss_mb()
-    result["peak_rss_total_mb"] = _rss_mb()
+            result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_total_mb"] = peak_rss_mb()
 
     if args.flops:
         s = summary(model, (h, w))
         result.update(params=s["params"], hrnet_gflops=s["gflops"], executed_gmacs=s["executed_gmacs"])
-    line = json.dumps(result)
-    if args.out:
-        Path(args.out).write_text(line + "\n")
-    print(line, flush=True)
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ memory format and thread count (as a user would run it). Timing and RSS as in `j
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
 import sys
 import time
@@ -32,6 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # torch_reference: the repo's re-creation of the official PSA
+
+from peer_io import emit, peak_rss_mb  # noqa: E402  (benchmarks/, this script's folder)
 
 
 def _parse(argv=None) -> argparse.Namespace:
@@ -47,10 +47,6 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--flops", action="store_true", help="count conv/linear MACs per image with forward hooks")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def build_peer(width: int, attention: str, num_keypoints: int = 17):
@@ -147,7 +143,7 @@ def main(argv=None) -> dict:
         if loss_value != loss_value:
             raise SystemExit("train step produced NaN")
         result.update(train_step_s=statistics.median(times), train_img_s=args.batch / statistics.median(times),
-                      train_step_times=times, train_cpu_s=statistics.median(cpu), peak_rss_mb=_rss_mb())
+                      train_step_times=times, train_cpu_s=statistics.median(cpu), peak_rss_mb=peak_rss_mb())
         del opt
 
     if args.mode in ("both", "infer"):
@@ -162,15 +158,11 @@ def main(argv=None) -> dict:
                     cpu.append(time.process_time() - c)
         result.update(infer_img_s=args.batch / statistics.median(times), infer_step_times=times,
                       infer_cpu_s=statistics.median(cpu))
-        result.setdefault("peak_rss_mb", _rss_mb())
-    result["peak_rss_total_mb"] = _rss_mb()
+        result.setdefault("peak_rss_mb", peak_rss_mb())
+    result["peak_rss_total_mb"] = peak_rss_mb()
     if args.flops:
         result["executed_gmacs"] = count_macs(model, images[:1]) / 1e9
-    line = json.dumps(result)
-    if args.out:
-        Path(args.out).write_text(line + "\n")
-    print(line, flush=True)
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":
