@@ -108,7 +108,7 @@ def stage_breakdown(source, transform, count: int = 200) -> dict:
     """ms per sample of each stage (single thread)."""
     rng = np.random.default_rng(0)
     t = {"read_bytes": 0.0, "decode": 0.0, "geometry": 0.0, "warp": 0.0, "targets": 0.0, "normalise": 0.0}
-    codec, codec_dtype = transform.codec, transform.image_dtype
+    codec, image_dtype = transform.codec, transform.image_dtype
     for i in range(count):
         k = i % len(source)
         s = time.perf_counter()
@@ -129,7 +129,7 @@ def stage_breakdown(source, transform, count: int = 200) -> dict:
         codec.encode(joints, vis)
         t["targets"] += time.perf_counter() - s
         s = time.perf_counter()
-        if codec_dtype == "float32":
+        if image_dtype == "float32":
             normalize_image(crop)
         else:
             np.ascontiguousarray(crop[..., ::-1])

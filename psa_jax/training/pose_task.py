@@ -88,7 +88,7 @@ class PoseTask:
         data = self.config.data
         aug = PoseAugmentConfig(**data.augment.to_dict())
         source, transform = make_train_data(self.data_dir, split="train", augment=aug,
-                                            image_dtype=data.get("train_image_dtype", "float32"), **self._codec_args)
+                                            image_dtype=data.train_image_dtype, **self._codec_args)
         ds = pipeline.train_dataset(
             source, transform, global_batch_size=self.config.batch_size, seed=self.config.seed,
             read_options=pipeline.default_read_options(data.read_threads, data.prefetch),
