@@ -13,7 +13,9 @@ Timing: `--warmup` calls, then `--steps` calls each timed on its own (blocked on
 median is reported as images/s. `compile_s` is the first train step's trace + lower + XLA compile
 (with a cold cache unless `--cache_dir` holds an entry). Peak resident memory is the process's
 `ru_maxrss` after the train phase (`peak_rss_mb`, the number compared with PyTorch) and after
-everything (`peak_rss_total_mb`). The result is one JSON object on the last stdout line (and in `--out`).
+everything (`peak_rss_total_mb`); on an accelerator also the device allocator's peak
+(`peak_device_mb`, `memory_stats()['peak_bytes_in_use']` after the train phase). The result is
+one JSON object on the last stdout line (and in `--out`).
 
 `--tuning plain` switches off every CPU workaround (oneDNN flags, materialisation points, the
 stride-2 phase VJP), for the ablations in benchmarks/NOTES.md; individual ones can be switched off
@@ -141,6 +143,17 @@ def make_train_step(model, loss_fn, *, flat_state: bool = True, optimizer: str =
     return jax.jit(train_step, donate_argnums=0), (leaves if flat_state else state), unflatten
 
 
+def device_peak_mb() -> float | None:
+    """Peak bytes the first device's allocator held so far, in MiB (None where it reports none, e.g. CPU)."""
+    import jax
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001  (backends without allocator statistics)
+        return None
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2 ** 20
+
+
 def apply_tuning(args: argparse.Namespace) -> dict:
     """XLA flags (before the backend starts) and the backend_tuning switches for `--tuning` etc."""
     plain = args.tuning == "plain"
@@ -217,7 +230,8 @@ def main(argv=None) -> dict:
         if not np.isfinite(float(loss)):
             raise SystemExit(f"train step produced a non-finite loss {float(loss)}")
         result.update(train_step_s=statistics.median(times), train_img_s=args.batch / statistics.median(times),
-                      train_step_times=times, train_cpu_s=statistics.median(cpu), peak_rss_mb=peak_rss_mb())
+                      train_step_times=times, train_cpu_s=statistics.median(cpu), peak_rss_mb=peak_rss_mb(),
+                      peak_device_mb=device_peak_mb())
         model, _ = unflatten(state)
         del state, compiled
 

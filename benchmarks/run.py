@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick    # about 2-3 minutes: W32 (no attention), 1 round, quick pipelines
     python benchmarks/run.py --cases pose_w32:psa_p --rounds 5 --no_pipelines
     python benchmarks/run.py --only_pipelines  # keep results.json's model cases, re-measure the pipelines
+    python benchmarks/run.py --accelerator --torch_python python3  # GPU host: bf16, larger batches, W48
 
 Each measurement is a separate process (`jax_peer.py` / `torch_peer.py`), so that peak resident
 memory is the case's own. The two frameworks alternate process by process (JAX first in odd
@@ -18,7 +19,9 @@ still run and the table says the peer is missing.
 Outputs: `benchmarks/results.json` (machine, versions, date, load, one record per case and
 framework with framework, model, attention, batch, input, train_img_s, infer_img_s, peak_rss_mb,
 compile_s and the per-round values) and `benchmarks/RESULTS.md` (the Markdown table the README
-shows). FLOPs per image come from `psa_jax.models.summary` (executed multiply-adds x 2); a train
+shows); with `--accelerator`, `results_accelerator.json` / `RESULTS_accelerator.md`, which add the
+device allocator's peak (`peak_device_mb`) and model FLOP utilisation (train FLOP/s over the chip's
+dense bf16 peak, `--peak_tflops`, known for H100/H200/A100). FLOPs per image come from `psa_jax.models.summary` (executed multiply-adds x 2); a train
 step is counted as 3x the forward pass, so `train_gflop_s = 3 * 2 * executed_gmacs * train_img_s`.
 """
 
@@ -29,6 +32,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,10 +57,10 @@ CPU_CASES = [
 QUICK_CASES = [("pose_w32", "none", 8, "256x192", True, 2)]
 # On an accelerator (not lent on the 2-core development machine): larger batch, W48, bf16.
 ACCEL_CASES = [
-    ("pose_w32", "none", 64, "256x192", True, 10),
-    ("pose_w32", "psa_p", 64, "256x192", True, 10),
-    ("pose_w32", "psa_s", 64, "256x192", True, 10),
-    ("pose_w48", "psa_s", 32, "384x288", True, 10),
+    ("pose_w32", "none", 64, "256x192", True, 20),
+    ("pose_w32", "psa_p", 64, "256x192", True, 20),
+    ("pose_w32", "psa_s", 64, "256x192", True, 20),
+    ("pose_w48", "psa_s", 32, "384x288", True, 20),
     ("seg_w48_ocr", "psa_s", 4, "512x1024", False, 10),
 ]
 # Both frameworks' processes get the huge-page environment (`psa_jax.training.host_memory`):
@@ -67,9 +71,19 @@ RECORD_KEYS = ("framework", "model", "attention", "batch", "input", "train_img_s
                "compile_s")
 
 
+# Dense bf16 peak TFLOP/s by the vendors' datasheets (SXM parts), for model FLOP utilisation.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0}
+
+
+def _child_env(**extra: str) -> dict:
+    """The environment of a case process: the repository first on PYTHONPATH (kept entries after)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="3", **extra)
+
+
 def _run(cmd: list[str], timeout: float) -> dict:
     """Runs one case process; returns its JSON (last stdout line) or {'error': ...}."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3", **HOST_ENV)
+    env = _child_env(**HOST_ENV)
     env.pop("XLA_FLAGS", None)  # each case configures its own
     t = time.perf_counter()
     try:
@@ -94,12 +108,13 @@ def _load() -> float:
 
 
 def run_case(model: str, attention: str, batch: int, size: str, peer: bool, steps: int, *, rounds: int,
-             cache_dir: Path, torch_ok: bool, dtype: str, timeout: float, log) -> list[dict]:
+             cache_dir: Path, torch_ok: bool, dtype: str, timeout: float, log, warmup: int = 1,
+             torch_python: Path = TORCH_PYTHON) -> list[dict]:
     """`rounds` alternating JAX / PyTorch processes for one case; returns one record per framework."""
     common = ["--model", model, "--attention", attention, "--batch", str(batch), "--input", size,
-              "--steps", str(steps), "--warmup", "1"]
+              "--steps", str(steps), "--warmup", str(warmup)]
     jax_cmd = [str(JAX_PYTHON), str(HERE / "jax_peer.py"), *common, "--dtype", dtype, "--cache_dir", str(cache_dir)]
-    torch_cmd = [str(TORCH_PYTHON), str(HERE / "torch_peer.py"), *common]
+    torch_cmd = [str(torch_python), str(HERE / "torch_peer.py"), *common]
     runs: dict[str, list[dict]] = {"jax": [], "pytorch": []}
     if not (peer and torch_ok):
         rounds = 1  # nothing to alternate with
@@ -125,12 +140,13 @@ def run_case(model: str, attention: str, batch: int, size: str, peer: bool, step
         if not rs:
             continue
         rec = {"framework": fw, "model": model, "attention": attention, "batch": batch, "input": size,
-               "dtype": dtype if fw == "jax" else "float32"}
+               "dtype": next((x["dtype"] for x in rs if "dtype" in x), dtype if fw == "jax" else "float32")}
         if not ok:
             rec["error"] = rs[0]["error"]
             records.append(rec)
             continue
-        for key in ("train_img_s", "infer_img_s", "peak_rss_mb", "train_cpu_s", "infer_cpu_s", "peak_rss_total_mb"):
+        for key in ("train_img_s", "infer_img_s", "peak_rss_mb", "train_cpu_s", "infer_cpu_s", "peak_rss_total_mb",
+                    "peak_device_mb"):
             rec[key] = _median([x.get(key) for x in ok])
         if fw == "jax":
             rec["compile_s"] = ok[0].get("compile_s")
@@ -140,7 +156,8 @@ def run_case(model: str, attention: str, batch: int, size: str, peer: bool, step
         else:
             rec["compile_s"] = None
         first = ok[0]
-        for key in ("executed_gmacs", "hrnet_gflops", "params", "psa_blocks", "backend", "device", "xla_flags"):
+        for key in ("executed_gmacs", "hrnet_gflops", "params", "psa_blocks", "backend", "device", "device_name",
+                    "xla_flags", "memory_format"):
             if key in first:
                 rec[key] = first[key]
         rec["rounds"] = [{k: x.get(k) for k in ("train_img_s", "infer_img_s", "peak_rss_mb", "compile_s",
@@ -163,7 +180,7 @@ def run_pipelines(quick: bool, timeout: float, log) -> dict:
             cmd = [str(JAX_PYTHON), str(HERE / f"{name}.py"), "--out", f.name] + (["--quick"] if quick_here else [])
             log(f"  {name} ...")
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                                  env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"))
+                                  env=_child_env())
             if proc.returncode != 0:
                 out[name] = {"error": proc.stderr.strip()[-1500:]}
             else:
@@ -171,14 +188,14 @@ def run_pipelines(quick: bool, timeout: float, log) -> dict:
     return out
 
 
-def _versions(torch_ok: bool) -> dict:
+def _versions(torch_ok: bool, torch_python: Path = TORCH_PYTHON) -> dict:
     v = {"python": platform.python_version()}
     code = "import jax, jaxlib, flax, optax; print(jax.__version__, jaxlib.__version__, flax.__version__, optax.__version__)"
     jax_v = subprocess.run([str(JAX_PYTHON), "-c", code], capture_output=True, text=True).stdout.split()
     v.update(zip(("jax", "jaxlib", "flax", "optax"), jax_v))
     if torch_ok:
         code = "import torch, timm; print(torch.__version__, timm.__version__, torch.get_num_threads())"
-        t = subprocess.run([str(TORCH_PYTHON), "-c", code], capture_output=True, text=True).stdout.split()
+        t = subprocess.run([str(torch_python), "-c", code], capture_output=True, text=True).stdout.split()
         v.update(zip(("torch", "timm", "torch_threads"), t))
     return v
 
@@ -194,7 +211,24 @@ def _machine() -> dict:
         pass
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem_gb, 1),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "gpus": _gpus()}
+
+
+def _gpus() -> list[str]:
+    """'name, memory, driver' of each NVIDIA GPU (nvidia-smi), [] where there is none."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def _peak_tflops(gpus: list[str]) -> float | None:
+    for name, tflops in PEAK_BF16_TFLOPS.items():
+        if gpus and name in gpus[0]:
+            return tflops
+    return None
 
 
 def _fmt(v, spec: str = ".2f") -> str:
@@ -207,7 +241,8 @@ def markdown(results: dict) -> str:
         "# Benchmarks: psa_jax (JAX) and the PyTorch peer",
         "",
         f"Measured {results['date']} by `python benchmarks/run.py{' --quick' if results['quick'] else ''}` on "
-        f"{m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), {m['platform']}; "
+        f"{m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB)"
+        f"{''.join(f', GPU {g}' for g in m.get('gpus') or [])}, {m['platform']}; "
         f"load average {results['load_start']} at the start, {results['load_end']} at the end. "
         f"JAX {v.get('jax')} / jaxlib {v.get('jaxlib')} / flax {v.get('flax')}; "
         f"PyTorch peer: torch {v.get('torch', 'not installed')} / timm {v.get('timm', '-')} "
@@ -220,10 +255,19 @@ def markdown(results: dict) -> str:
         f"Every process ran with {' '.join(f'{k}={v}' for k, v in results.get('host_env', {}).items())} "
         "(see benchmarks/NOTES.md).",
         "",
-        "| model | attention | batch | input | framework | train img/s | infer img/s | peak RSS MB | "
-        "compile s (cached) | GFLOP/img | train GFLOP/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    device_mem = any(rec.get("peak_device_mb") for rec in results["cases"])
+    peak = results.get("peak_tflops")
+    if device_mem:
+        lines += ["`peak device MB`: the GPU allocator's peak in the train phase (JAX `memory_stats()`, "
+                  "PyTorch `max_memory_allocated()`).", ""]
+    if peak:
+        lines += [f"MFU: train FLOP/s (3 x forward FLOPs x img/s) over the chip's dense bf16 peak of {peak} "
+                  "TFLOP/s.", ""]
+    extra = (["peak device MB"] if device_mem else []) + (["MFU %"] if peak else [])
+    head = ["model", "attention", "batch", "input", "framework", "train img/s", "infer img/s", "peak RSS MB",
+            *extra, "compile s (cached)", "GFLOP/img", "train GFLOP/s"]
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     by_case: dict[tuple, dict] = {}
     for rec in results["cases"]:
         by_case.setdefault((rec["model"], rec["attention"], rec["batch"], rec["input"]), {})[rec["framework"]] = rec
@@ -234,23 +278,33 @@ def markdown(results: dict) -> str:
             if rec is None:
                 continue
             if "error" in rec:
-                lines.append(f"| {model} | {att} | {batch} | {size} | {fw} | error: {rec['error'][:80]} |||||||")
+                lines.append(f"| {model} | {att} | {batch} | {size} | {fw} | error: {rec['error'][:80]} |"
+                             + "|" * (len(head) - 6))
                 continue
             comp = "-" if rec.get("compile_s") is None else (
                 f"{rec['compile_s']:.0f} ({_fmt(rec.get('compile_cached_s'), '.0f')})")
             gflop = 2 * rec["executed_gmacs"] if rec.get("executed_gmacs") else None
-            lines.append(f"| {model} | {att} | {batch} | {size} | {fw} | {_fmt(rec.get('train_img_s'))} | "
-                         f"{_fmt(rec.get('infer_img_s'))} | {_fmt(rec.get('peak_rss_mb'), '.0f')} | {comp} | "
-                         f"{_fmt(gflop, '.1f')} | {_fmt(rec.get('train_gflop_s'), '.0f')} |")
+            cells = [model, att, batch, size, fw, _fmt(rec.get("train_img_s")), _fmt(rec.get("infer_img_s")),
+                     _fmt(rec.get("peak_rss_mb"), ".0f")]
+            if device_mem:
+                cells.append(_fmt(rec.get("peak_device_mb"), ".0f"))
+            if peak:
+                gfs = rec.get("train_gflop_s")
+                cells.append(_fmt(None if gfs is None else 100 * gfs / (1000 * peak), ".1f"))
+            cells += [comp, _fmt(gflop, ".1f"), _fmt(rec.get("train_gflop_s"), ".0f")]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         j, t = fws.get("jax"), fws.get("pytorch")
         if j and t and "error" not in j and "error" not in t:
+            mem_key = "peak_device_mb" if device_mem else "peak_rss_mb"
+            mem = (j[mem_key] / t[mem_key]) if j.get(mem_key) and t.get(mem_key) else None
             ratios.append((model, att, batch, size, j["train_img_s"] / t["train_img_s"],
-                           j["infer_img_s"] / t["infer_img_s"], j["peak_rss_mb"] / t["peak_rss_mb"]))
+                           j["infer_img_s"] / t["infer_img_s"], mem))
     if ratios:
+        what = "peak device memory" if device_mem else "peak memory"
         lines += ["", "| model | attention | batch | input | train JAX/PyTorch | inference JAX/PyTorch | "
-                  "peak memory JAX/PyTorch |", "| --- | --- | --- | --- | --- | --- | --- |"]
+                  f"{what} JAX/PyTorch |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for model, att, batch, size, tr, inf, mem in ratios:
-            lines.append(f"| {model} | {att} | {batch} | {size} | {tr:.2f} | {inf:.2f} | {mem:.2f} |")
+            lines.append(f"| {model} | {att} | {batch} | {size} | {tr:.2f} | {inf:.2f} | {_fmt(mem)} |")
     pipes = results.get("pipelines") or {}
     if pipes:
         when = f", measured {results['pipelines_date']}" if results.get("pipelines_date") else ""
@@ -274,6 +328,8 @@ def markdown(results: dict) -> str:
                 lines.append(f"* {name}: error {entry['error'][:200]}")
     if results.get("accelerator"):
         lines += ["", f"Accelerator: {results['accelerator']}"]
+    if results.get("notes"):
+        lines += ["", f"Note: {results['notes']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -289,10 +345,18 @@ def main(argv=None) -> dict:
     p.add_argument("--only_pipelines", action="store_true",
                    help="keep the model cases of --out_json, re-measure the input pipelines, rewrite the table")
     p.add_argument("--no_torch", action="store_true")
+    p.add_argument("--torch_python", default=str(TORCH_PYTHON),
+                   help="the interpreter with torch + timm (default: benchmarks/.venv-torch)")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="dense bf16 peak of the accelerator for MFU (default: known GPUs by name)")
     p.add_argument("--timeout", type=float, default=1800, help="per process")
-    p.add_argument("--out_json", default=str(HERE / "results.json"))
-    p.add_argument("--out_md", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--out_json", default=None, help="default benchmarks/results.json (results_accelerator.json)")
+    p.add_argument("--out_md", default=None, help="default benchmarks/RESULTS.md (RESULTS_accelerator.md)")
     args = p.parse_args(argv)
+    suffix = "_accelerator" if args.accelerator else ""
+    args.out_json = args.out_json or str(HERE / f"results{suffix}.json")
+    args.out_md = args.out_md or str(HERE / f"RESULTS{suffix}.md")
+    torch_python = Path(args.torch_python)
     rounds = args.rounds or (1 if args.quick else 3)
     cases = QUICK_CASES if args.quick else (ACCEL_CASES if args.accelerator else CPU_CASES)
     dtype = args.dtype or ("bfloat16" if args.accelerator else "float32")
@@ -300,19 +364,21 @@ def main(argv=None) -> dict:
         wanted = {tuple(c.split(":")) for c in args.cases.split(",")}
         pool = ACCEL_CASES if args.accelerator else CPU_CASES
         cases = [c for c in pool if (c[0], c[1]) in wanted]
-    torch_ok = TORCH_PYTHON.exists() and not args.no_torch
+    torch_ok = (torch_python.exists() or shutil.which(str(torch_python)) is not None) and not args.no_torch
 
     def log(msg: str) -> None:
         print(msg, flush=True)
 
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "quick": args.quick, "rounds": rounds, "machine": _machine(), "versions": _versions(torch_ok),
+        "quick": args.quick, "rounds": rounds, "machine": _machine(), "versions": _versions(torch_ok, torch_python),
         "load_start": _load(), "host_env": HOST_ENV, "cases": [],
-        "accelerator": None if args.accelerator else "none lent to this run (CPU only)",
     }
+    gpus = results["machine"]["gpus"]
+    results["accelerator"] = ", ".join(gpus) if args.accelerator else "none lent to this run (CPU only)"
+    results["peak_tflops"] = (args.peak_tflops or _peak_tflops(gpus)) if args.accelerator else None
     if not torch_ok:
-        log(f"PyTorch peer environment not found at {TORCH_PYTHON}: run `bash benchmarks/setup_torch_env.sh`; "
+        log(f"PyTorch peer environment not found at {torch_python}: run `bash benchmarks/setup_torch_env.sh`; "
             "measuring JAX only.")
     if args.only_pipelines:
         previous = json.loads(Path(args.out_json).read_text())
@@ -325,7 +391,8 @@ def main(argv=None) -> dict:
             log(f"{model} attention={att} batch={batch} input={size}")
             results["cases"] += run_case(model, att, batch, size, peer, steps, rounds=rounds,
                                          cache_dir=Path(cache_dir), torch_ok=torch_ok, dtype=dtype,
-                                         timeout=args.timeout, log=log)
+                                         timeout=args.timeout, log=log, warmup=3 if args.accelerator else 1,
+                                         torch_python=torch_python)
             Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")  # partial results
     if not args.no_pipelines:
         log("input pipelines")

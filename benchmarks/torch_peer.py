@@ -18,6 +18,12 @@ extra fuse convolutions are counted in `executed_gmacs` of the JSON).
 Train step: `model.train()`, MSE to zero heatmaps, `torch.optim.Adam(lr=1e-3)`, `zero_grad` /
 `backward` / `step`. Inference: `model.eval()` under `torch.inference_mode()`. Default NCHW
 memory format and thread count (as a user would run it). Timing and RSS as in `jax_peer.py`.
+
+On a GPU (`--device cuda`, the default where one is visible) the peer runs as a performance-minded
+PyTorch user would: bf16 autocast (`--amp`, the counterpart of the JAX peer's bf16 compute with fp32
+parameters), channels_last tensors and `cudnn.benchmark`; every timed call ends in
+`torch.cuda.synchronize()`, and `peak_device_mb` is `torch.cuda.max_memory_allocated()` of the
+train phase.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--infer_steps", type=int, default=None)
     p.add_argument("--mode", default="both", choices=("both", "train", "infer"))
     p.add_argument("--flops", action="store_true", help="count conv/linear MACs per image with forward hooks")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when visible")
+    p.add_argument("--amp", default="auto", choices=("auto", "none", "bfloat16"),
+                   help="autocast dtype (auto: bfloat16 on cuda, none on cpu)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
@@ -117,14 +126,34 @@ def main(argv=None) -> dict:
     if kind != "pose" or width not in ("w32", "w48"):
         raise SystemExit(f"the PyTorch peer covers pose_w32 and pose_w48, not {args.model!r}")
     h, w = (int(v) for v in args.input.lower().split("x"))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    cuda = device == "cuda"
+    amp = ("bfloat16" if cuda else "none") if args.amp == "auto" else args.amp
     torch.manual_seed(0)
     model, inserted = build_peer(int(width[1:]), args.attention)
     images = torch.randn(args.batch, 3, h, w)
     target = torch.zeros(args.batch, 17, h // 4, w // 4)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(device, memory_format=torch.channels_last)
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        target = target.to(device)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def autocast():
+        return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp == "bfloat16")
+
     result: dict = {"framework": "pytorch", "model": args.model, "attention": args.attention, "batch": args.batch,
-                    "input": f"{h}x{w}", "dtype": "float32", "torch": torch.__version__, "timm": timm.__version__,
+                    "input": f"{h}x{w}", "dtype": "float32" if amp == "none" else f"{amp} autocast",
+                    "torch": torch.__version__, "timm": timm.__version__, "device": device,
                     "threads": torch.get_num_threads(), "psa_blocks": inserted,
                     "params": sum(p.numel() for p in model.parameters())}
+    if cuda:
+        result["device_name"] = torch.cuda.get_device_name()
+        result["memory_format"] = "channels_last"
 
     if args.mode in ("both", "train"):
         model.train()
@@ -133,10 +162,13 @@ def main(argv=None) -> dict:
         for i in range(args.warmup + args.steps):
             t, c = time.perf_counter(), time.process_time()
             opt.zero_grad(set_to_none=True)
-            loss = torch.mean((model(images) - target) ** 2)
+            with autocast():
+                out = model(images)
+            loss = torch.mean((out.float() - target) ** 2)
             loss.backward()
             opt.step()
-            loss_value = float(loss)
+            loss_value = loss.detach().item()  # copies to the host: waits for the step
+            sync()
             if i >= args.warmup:
                 times.append(time.perf_counter() - t)
                 cpu.append(time.process_time() - c)
@@ -144,15 +176,18 @@ def main(argv=None) -> dict:
             raise SystemExit("train step produced NaN")
         result.update(train_step_s=statistics.median(times), train_img_s=args.batch / statistics.median(times),
                       train_step_times=times, train_cpu_s=statistics.median(cpu), peak_rss_mb=peak_rss_mb())
+        if cuda:
+            result["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
         del opt
 
     if args.mode in ("both", "infer"):
         model.eval()
         times, cpu = [], []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             for i in range(args.warmup + (args.infer_steps or args.steps)):
                 t, c = time.perf_counter(), time.process_time()
                 model(images)
+                sync()
                 if i >= args.warmup:
                     times.append(time.perf_counter() - t)
                     cpu.append(time.process_time() - c)
@@ -161,7 +196,7 @@ def main(argv=None) -> dict:
         result.setdefault("peak_rss_mb", peak_rss_mb())
     result["peak_rss_total_mb"] = peak_rss_mb()
     if args.flops:
-        result["executed_gmacs"] = count_macs(model, images[:1]) / 1e9
+        result["executed_gmacs"] = count_macs(model, images[:1].float()) / 1e9
     return emit(result, args.out)
 
 
