@@ -18,6 +18,11 @@ Reported (median of `--trials`):
     the per-core cost of a sample;
   * ``grain_1_thread``: the grain pipeline with one reader thread;
   * ``grain_all_cores``: the grain pipeline with one reader thread per core, total and per core.
+  * ``plain_baseline``: the same grain pipeline (all cores) and source (JPEG decode included) with
+    a plain transform in place of ours: box -> fixed crop (no augmentation), one
+    `cv2.warpAffine`, a dense Gaussian per joint, uint8 image. It is the setting the data-stack
+    check in `shared/reference/jax_stack.md` timed (260-300 samples/s per core then) and tells
+    how fast this host is today: `vs_plain` = ours / plain in the same run.
 Each is given per wall-clock second and per process CPU second (samples / CPU time): on a
 shared or busy machine wall-clock rates drop with the load, the CPU-time rate does not.
 A per-stage breakdown (ms per sample) shows where the time goes.
@@ -45,7 +50,7 @@ import grain  # noqa: E402
 import numpy as np  # noqa: E402
 
 from psa_jax.data import pipeline  # noqa: E402
-from psa_jax.data.pose_pipeline import build_coco_keypoints, make_train_data, normalize_image  # noqa: E402
+from psa_jax.data.pose_pipeline import build_coco_keypoints, make_train_data, normalize_image, rgb_uint8  # noqa: E402
 from psa_jax.data.pose_transforms import warp_image  # noqa: E402
 
 SAMPLE = REPO / "tests" / "data" / "coco_sample"
@@ -104,6 +109,29 @@ def time_grain(source, transform, threads: int, batch: int, seconds: float) -> d
     return {"samples": n, "per_s": n / wall, "per_cpu_s": n / cpu, "threads": threads}
 
 
+class PlainCropGaussian:
+    """The plain baseline: fixed box crop + dense Gaussian heatmaps, no augmentation, uint8 image."""
+
+    def __init__(self, input_hw=(256, 192), sigma: float = 2.0, padding: float = 1.25):
+        self.h, self.w = input_hw
+        self.sigma, self.padding = sigma, padding
+        self.gx = np.arange(self.w // 4, dtype=np.float32)
+        self.gy = np.arange(self.h // 4, dtype=np.float32)[:, None]
+
+    def __call__(self, instance, rng):
+        x, y, bw, bh = (float(v) for v in instance["box"])
+        side = max(bw, bh * self.w / self.h) * self.padding
+        s = self.w / side
+        m = np.array([[s, 0, self.w / 2 - s * (x + bw / 2)], [0, s, self.h / 2 - s * (y + bh / 2)]])
+        crop = cv2.warpAffine(instance["image"], m, (self.w, self.h), flags=cv2.INTER_LINEAR)
+        joints = np.asarray(instance["joints"], np.float32)
+        pts = (joints[:, :2] @ m[:, :2].T.astype(np.float32) + m[:, 2].astype(np.float32)) / 4
+        target = np.exp(-((self.gx[None, None] - pts[:, 0, None, None]) ** 2
+                          + (self.gy[None] - pts[:, 1, None, None]) ** 2) / (2 * self.sigma ** 2))
+        return {"image": rgb_uint8(crop), "target": target.transpose(1, 2, 0),
+                "target_weight": (joints[:, 2] > 0).astype(np.float32)}
+
+
 def stage_breakdown(source, transform, count: int = 200) -> dict:
     """ms per sample of each stage (single thread)."""
     rng = np.random.default_rng(0)
@@ -132,7 +160,7 @@ def stage_breakdown(source, transform, count: int = 200) -> dict:
         if image_dtype == "float32":
             normalize_image(crop)
         else:
-            np.ascontiguousarray(crop[..., ::-1])
+            rgb_uint8(crop)
         t["normalise"] += time.perf_counter() - s
     return {k: round(v / count * 1e3, 3) for k, v in t.items()}
 
@@ -173,11 +201,13 @@ def main(argv=None) -> dict:
                         "augment": "half-body 0.3, scale 0.35, rotation 45 (p 0.6), flip 0.5"},
             "stage_ms": stage_breakdown(source, transform),
         }
-        runs = {"single_thread": [], "grain_1_thread": [], "grain_all_cores": []}
+        runs = {"single_thread": [], "grain_1_thread": [], "grain_all_cores": [], "plain_baseline": []}
+        plain = PlainCropGaussian((h, w))
         for _ in range(args.trials):
             runs["single_thread"].append(time_single_thread(source, transform, args.seconds))
             runs["grain_1_thread"].append(time_grain(source, transform, 1, args.batch, args.seconds))
             runs["grain_all_cores"].append(time_grain(source, transform, cores, args.batch, args.seconds))
+            runs["plain_baseline"].append(time_grain(source, plain, cores, args.batch, args.seconds))
         for name, rs in runs.items():
             result[name] = {
                 "samples_per_s": round(statistics.median(r["per_s"] for r in rs), 1),
@@ -185,6 +215,9 @@ def main(argv=None) -> dict:
             }
         all_cores = result["grain_all_cores"]
         all_cores["samples_per_s_per_core"] = round(all_cores["samples_per_s"] / cores, 1)
+        base = result["plain_baseline"]
+        base["samples_per_s_per_core"] = round(base["samples_per_s"] / cores, 1)
+        result["vs_plain"] = {k: round(all_cores[k] / base[k], 3) for k in ("samples_per_s", "samples_per_cpu_s")}
         result["machine"]["load_avg_1min_after"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

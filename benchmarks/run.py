@@ -317,7 +317,10 @@ def markdown(results: dict) -> str:
                          f"{'x'.join(map(str, pose['setting']['input']))}): {g['samples_per_s_per_core']} samples/s "
                          f"per core ({g['samples_per_s']} total, {g['samples_per_cpu_s']} per CPU-second); "
                          f"grain with one thread: {pose['grain_1_thread']['samples_per_cpu_s']} per CPU-second; "
-                         f"one thread without grain: {pose['single_thread']['samples_per_cpu_s']} per CPU-second.")
+                         f"one thread without grain: {pose['single_thread']['samples_per_cpu_s']} per CPU-second."
+                         + (f" Plain crop + Gaussian baseline (no augmentation) in the same run: "
+                            f"{pose['plain_baseline']['samples_per_s_per_core']} per core; ours / plain "
+                            f"{pose['vs_plain']['samples_per_s']}." if "plain_baseline" in pose else ""))
         seg = pipes.get("seg_pipeline", {})
         for key, entry in (seg.get("throughput") or {}).items():
             g = entry["grain_all_cores"]
