@@ -54,6 +54,8 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--no_onednn", action="store_true")
     p.add_argument("--no_materialize", action="store_true")
     p.add_argument("--no_phase_vjp", action="store_true")
+    p.add_argument("--step", default="twin", choices=("twin", "trainer"),
+                   help="twin: this script's step (below); trainer: train.py's make_train_step on a data mesh")
     p.add_argument("--state_pytree", action="store_true",
                    help="pass the nnx.State pytree to the jitted step instead of its flat array list")
     p.add_argument("--cache_dir", default=None, help="persistent compilation cache directory")
@@ -69,7 +71,7 @@ def _parse(argv=None) -> argparse.Namespace:
 
 
 def build_case(args: argparse.Namespace):
-    """(model, images, target, kind, loss_fn) for `--model/--attention/--batch/--input/--dtype`."""
+    """(model, images, target, kind, loss_on_outputs(outputs, target)) for the case's arguments."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -91,18 +93,70 @@ def build_case(args: argparse.Namespace):
         raise SystemExit(f"unknown --model {args.model!r}")
     images = jnp.asarray(np.random.default_rng(1).standard_normal((args.batch, h, w, 3)), jnp.float32)
 
-    def loss_fn(m, x, y):
-        out = m(x)
+    def loss_on_outputs(out, y):
         if kind == "pose":
             return jnp.mean(jnp.square(out.astype(jnp.float32) - y))
         logits = out[0] if isinstance(out, tuple) else out
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1))
 
-    return model, images, target, kind, loss_fn
+    return model, images, target, kind, loss_on_outputs
 
 
-def make_train_step(model, loss_fn, *, flat_state: bool = True, optimizer: str = "adam"):
+def make_trainer_step(model, loss_on_outputs):
+    """The step train.py runs: `psa_jax.training.train_step.make_train_step(flat_state=True)` on a
+    one-axis data mesh over the local devices, replicated state, Adam, no schedule.
+
+    Returns (step, state, unflatten) with the same contract as `make_train_step` below:
+    `step(state, x, y) -> (state, loss)`, `state = (model_leaves, opt_leaves)`.
+    """
+    import jax
+    import optax
+    from flax import nnx
+
+    from psa_jax.training import train_step as ts
+
+    mesh = ts.make_mesh()
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    model_gd, model_state = nnx.split(model)
+    opt_gd, opt_state = nnx.split(optimizer)
+    model_sh, opt_sh = ts.state_shardings(model_state, mesh), ts.state_shardings(opt_state, mesh)
+
+    def loss_fn(out, batch):
+        return loss_on_outputs(out, batch["target"]), {}
+
+    inner = ts.make_train_step(model_gd, opt_gd, loss_fn, schedule=None, model_sharding=model_sh,
+                               opt_sharding=opt_sh, mesh=mesh, flat_state=True)
+
+    class Step:
+        """`inner` behind the (state, x, y) -> (state, loss) calling convention; `lower` for AOT."""
+
+        def __init__(self, fn):
+            self.fn = fn
+
+        def lower(self, state, x, y):
+            return Step(self.fn.lower(*state, {"image": x, "target": y}))
+
+        def compile(self):
+            return Step(self.fn.compile())
+
+        def __call__(self, state, x, y):
+            model_leaves, opt_leaves, metrics = self.fn(*state, {"image": x, "target": y})
+            return (model_leaves, opt_leaves), metrics["loss"]
+
+        def __getattr__(self, name):  # memory_analysis(), as_text(), ... of the wrapped stage
+            return getattr(self.fn, name)
+
+    def unflatten(state):
+        return (nnx.merge(model_gd, jax.tree.unflatten(jax.tree.structure(model_sh), state[0])),
+                nnx.merge(opt_gd, jax.tree.unflatten(jax.tree.structure(opt_sh), state[1])))
+
+    state = (jax.device_put(jax.tree.leaves(model_state), jax.tree.leaves(model_sh)),
+             jax.device_put(jax.tree.leaves(opt_state), jax.tree.leaves(opt_sh)))
+    return Step(inner), state, unflatten
+
+
+def make_train_step(model, loss_on_outputs, *, flat_state: bool = True, optimizer: str = "adam"):
     """The trainer's step: split model + Adam, `jax.jit(step, donate_argnums=0)`.
 
     Returns (step, state, unflatten): `state` is what `step(state, x, y) -> (state, loss)` takes
@@ -127,7 +181,7 @@ def make_train_step(model, loss_fn, *, flat_state: bool = True, optimizer: str =
         if flat_state:
             state = jax.tree.unflatten(treedef, state)
         m, opt = nnx.merge(graphdef, state, copy=True)
-        loss, grads = nnx.value_and_grad(loss_fn)(m, x, y)
+        loss, grads = nnx.value_and_grad(lambda m: loss_on_outputs(m(x), y))(m)
         opt.update(m, grads)
         new_state = nnx.state((m, opt))
         if flat_state:
@@ -176,7 +230,7 @@ def main(argv=None) -> dict:
     from psa_jax.layers import backend_tuning
     from psa_jax.models.summary import summary
 
-    model, images, target, kind, loss_fn = build_case(args)
+    model, images, target, kind, loss_on_outputs = build_case(args)
     h, w = images.shape[1:3]
 
     result: dict = {"framework": "jax", "model": args.model, "attention": args.attention, "batch": args.batch,
@@ -184,13 +238,16 @@ def main(argv=None) -> dict:
                     "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
                     "xla_flags": xla["xla_flags"], "jax": jax.__version__,
                     "materialize": backend_tuning.cpu_materialization_enabled(),
-                    "flat_state": not args.state_pytree, "optimizer": args.optimizer}
+                    "flat_state": not args.state_pytree, "optimizer": args.optimizer, "step": args.step}
     result["phase_vjp"] = backend_tuning.cpu_phase_vjp_enabled()
 
     if args.mode in ("both", "train"):
         result["rss_before_compile_mb"] = rss_now_mb()
-        step, state, unflatten = make_train_step(model, loss_fn, flat_state=not args.state_pytree,
-                                                   optimizer=args.optimizer)
+        if args.step == "trainer":
+            step, state, unflatten = make_trainer_step(model, loss_on_outputs)
+        else:
+            step, state, unflatten = make_train_step(model, loss_on_outputs, flat_state=not args.state_pytree,
+                                                       optimizer=args.optimizer)
         t0, c0 = time.perf_counter(), time.process_time()
         lowered = step.lower(state, images, target)
         t1 = time.perf_counter()

@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick    # about 2-3 minutes: W32 (no attention), 1 round, quick pipelines
     python benchmarks/run.py --cases pose_w32:psa_p --rounds 5 --no_pipelines
     python benchmarks/run.py --only_pipelines  # keep results.json's model cases, re-measure the pipelines
+    python benchmarks/run.py --cases seg_w48_ocr:none --merge --no_pipelines  # re-measure one case in place
     python benchmarks/run.py --accelerator --torch_python python3  # GPU host: bf16, larger batches, W48
 
 Each measurement is a separate process (`jax_peer.py` / `torch_peer.py`), so that peak resident
@@ -52,7 +53,7 @@ CPU_CASES = [
     ("pose_w32", "none", 8, "256x192", True, 4),
     ("pose_w32", "psa_p", 8, "256x192", True, 4),
     ("pose_w32", "psa_s", 8, "256x192", True, 4),
-    ("seg_w48_ocr", "none", 1, "256x512", False, 3),
+    ("seg_w48_ocr", "none", 1, "256x512", True, 3),
 ]
 QUICK_CASES = [("pose_w32", "none", 8, "256x192", True, 2)]
 # On an accelerator (not lent on the 2-core development machine): larger batch, W48, bf16.
@@ -61,7 +62,7 @@ ACCEL_CASES = [
     ("pose_w32", "psa_p", 64, "256x192", True, 20),
     ("pose_w32", "psa_s", 64, "256x192", True, 20),
     ("pose_w48", "psa_s", 32, "384x288", True, 20),
-    ("seg_w48_ocr", "psa_s", 4, "512x1024", False, 10),
+    ("seg_w48_ocr", "psa_s", 4, "512x1024", True, 10),
 ]
 # Both frameworks' processes get the huge-page environment (`psa_jax.training.host_memory`):
 # it removes XLA:CPU's per-step page faults on its temp buffer; PyTorch's speed does not change
@@ -347,6 +348,9 @@ def main(argv=None) -> dict:
     p.add_argument("--no_pipelines", action="store_true")
     p.add_argument("--only_pipelines", action="store_true",
                    help="keep the model cases of --out_json, re-measure the input pipelines, rewrite the table")
+    p.add_argument("--merge", action="store_true",
+                   help="with --cases: replace only those cases in --out_json and keep its other cases and "
+                        "pipelines (the table's note says what was re-measured when)")
     p.add_argument("--no_torch", action="store_true")
     p.add_argument("--torch_python", default=str(TORCH_PYTHON),
                    help="the interpreter with torch + timm (default: benchmarks/.venv-torch)")
@@ -383,6 +387,19 @@ def main(argv=None) -> dict:
     if not torch_ok:
         log(f"PyTorch peer environment not found at {torch_python}: run `bash benchmarks/setup_torch_env.sh`; "
             "measuring JAX only.")
+    if args.merge:
+        if not args.cases:
+            raise SystemExit("--merge needs --cases (the cases to re-measure)")
+        previous = json.loads(Path(args.out_json).read_text())
+        results.update({k: previous[k] for k in ("date", "quick", "rounds", "versions", "load_start", "host_env",
+                                                  "accelerator", "peak_tflops", "pipelines", "pipelines_date", "notes")
+                        if k in previous})
+        ran = {c[:4] for c in cases}
+        results["cases"] = [r for r in previous["cases"] if (r["model"], r["attention"], r["batch"], r["input"])
+                            not in ran]
+        note = (f"{', '.join(f'{c[0]}:{c[1]}' for c in cases)} re-measured "
+                f"{datetime.datetime.now().astimezone().isoformat(timespec='minutes')} ({rounds} rounds).")
+        results["notes"] = f"{results.get('notes') or ''} {note}".strip()
     if args.only_pipelines:
         previous = json.loads(Path(args.out_json).read_text())
         results.update({k: previous[k] for k in ("date", "quick", "rounds", "versions", "load_start", "host_env",
@@ -397,6 +414,10 @@ def main(argv=None) -> dict:
                                          timeout=args.timeout, log=log, warmup=3 if args.accelerator else 1,
                                          torch_python=torch_python)
             Path(args.out_json).write_text(json.dumps(results, indent=1) + "\n")  # partial results
+    if args.merge:  # the table keeps the case list's order
+        order = [c[:2] for c in (ACCEL_CASES if args.accelerator else CPU_CASES)]
+        results["cases"].sort(key=lambda r: order.index((r["model"], r["attention"]))
+                              if (r["model"], r["attention"]) in order else len(order))
     if not args.no_pipelines:
         log("input pipelines")
         results["pipelines"] = run_pipelines(args.quick, args.timeout, log)

@@ -11,6 +11,11 @@ in `tests/torch_reference/psa.py` and checked there against NumPy) is inserted a
 conv1-BN-ReLU of every stage 2-4 BasicBlock, through the block's `aa` slot, which timm's
 `BasicBlock.forward` applies right after `act1` (104 blocks in W32).
 
+`--model seg_w48_ocr`: HRNetV2-W48-OCR (HRNet-Seg `seg_hrnet_ocr.py`) as re-created in
+`tests/torch_reference/hrnet_seg.py` (`HRNetOCRSeg`, the module structure the parity tests check
+ours against; no independent PyTorch implementation of it is installable here), pixel
+cross-entropy on the OCR logits at 1/4 resolution, as `jax_peer.py`.
+
 Note: timm's last stage-4 module fuses into all four branches (classification needs them); the
 pose HRNet fuses into branch 0 only. The peer therefore does a little more work than ours (its
 extra fuse convolutions are counted in `executed_gmacs` of the JSON).
@@ -123,16 +128,22 @@ def main(argv=None) -> dict:
     import timm
 
     kind, _, width = args.model.partition("_")
-    if kind != "pose" or width not in ("w32", "w48"):
-        raise SystemExit(f"the PyTorch peer covers pose_w32 and pose_w48, not {args.model!r}")
+    if args.model not in ("pose_w32", "pose_w48", "seg_w48_ocr"):
+        raise SystemExit(f"the PyTorch peer covers pose_w32, pose_w48 and seg_w48_ocr, not {args.model!r}")
     h, w = (int(v) for v in args.input.lower().split("x"))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     cuda = device == "cuda"
     amp = ("bfloat16" if cuda else "none") if args.amp == "auto" else args.amp
     torch.manual_seed(0)
-    model, inserted = build_peer(int(width[1:]), args.attention)
+    if kind == "pose":
+        model, inserted = build_peer(int(width[1:]), args.attention)
+        target = torch.zeros(args.batch, 17, h // 4, w // 4)
+    else:
+        from torch_reference.hrnet_seg import HRNetOCRSeg
+        model = HRNetOCRSeg(num_classes=19, width=48, attention=None if args.attention == "none" else args.attention)
+        inserted = 0 if args.attention == "none" else sum(1 for m in model.modules() if type(m).__name__.startswith("PSA"))
+        target = torch.randint(0, 19, (args.batch, -(-h // 4), -(-w // 4)))
     images = torch.randn(args.batch, 3, h, w)
-    target = torch.zeros(args.batch, 17, h // 4, w // 4)
     if cuda:
         torch.backends.cudnn.benchmark = True
         model = model.to(device, memory_format=torch.channels_last)
@@ -164,7 +175,10 @@ def main(argv=None) -> dict:
             opt.zero_grad(set_to_none=True)
             with autocast():
                 out = model(images)
-            loss = torch.mean((out.float() - target) ** 2)
+            if kind == "pose":
+                loss = torch.mean((out.float() - target) ** 2)
+            else:  # [aux, cls] logits; the loss on the OCR (cls) logits, as jax_peer.py
+                loss = torch.nn.functional.cross_entropy(out[1].float(), target)
             loss.backward()
             opt.step()
             loss_value = loss.detach().item()  # copies to the host: waits for the step
