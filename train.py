@@ -101,7 +101,7 @@ def train(config, workdir: str) -> dict:
     # nnx.State trees are rebuilt only for evaluation and checkpoints.
     step_fn = make_train_step(model_gd, opt_gd, task.loss_fn, schedule=schedule, model_sharding=model_sh,
                               opt_sharding=opt_sh, mesh=mesh, flat_state=True,
-                              preprocess=task.preprocess)
+                              preprocess=task.preprocess, grad_norm=config.log_grad_norm)
     model_def, opt_def = jax.tree.structure(model_sh), jax.tree.structure(opt_sh)
     model_leaves, opt_leaves = jax.tree.leaves(model_state), jax.tree.leaves(opt_state)
     del model_state, opt_state  # donated to the first step

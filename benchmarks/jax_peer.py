@@ -4,7 +4,10 @@
         [--steps 5] [--warmup 2] [--mode both|train|infer] [--dtype float32|bfloat16] \
         [--tuning cpu|plain] [--cache_dir DIR] [--flops] [--out result.json]
 
-Train step = what the trainer runs (`jax_stack.md` section 3.3): `nnx.split((model, optimizer))`,
+Train step (`--step trainer`, the default): `psa_jax.training.train_step.make_train_step`, the
+function train.py jits, on a one-axis data mesh, with Adam and without the optional grad-norm
+metric (train.py's default). `--step twin` is this script's own copy of that step
+(`jax_stack.md` section 3.3): `nnx.split((model, optimizer))`,
 `jax.jit(step, donate_argnums=0)`, inside `nnx.merge(..., copy=True)`, `nnx.value_and_grad` of the
 MSE to the heatmaps (pose) or the pixel cross-entropy (segmentation), `optax.adam` update,
 BatchNorm in training mode. Inference = eval-mode forward under `jax.jit`.
@@ -54,8 +57,9 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--no_onednn", action="store_true")
     p.add_argument("--no_materialize", action="store_true")
     p.add_argument("--no_phase_vjp", action="store_true")
-    p.add_argument("--step", default="twin", choices=("twin", "trainer"),
-                   help="twin: this script's step (below); trainer: train.py's make_train_step on a data mesh")
+    p.add_argument("--step", default="trainer", choices=("trainer", "twin"),
+                   help="trainer: train.py's make_train_step on a data mesh (default since session 3); twin: "
+                        "this script's own step, which the CPU table of session 2 was measured with")
     p.add_argument("--state_pytree", action="store_true",
                    help="pass the nnx.State pytree to the jitted step instead of its flat array list")
     p.add_argument("--cache_dir", default=None, help="persistent compilation cache directory")

@@ -27,14 +27,14 @@ def _loss(out, batch):
     return jnp.mean((out - batch["target"]) ** 2), {"mean_out": jnp.mean(out)}
 
 
-def _build(flat: bool):
+def _build(flat: bool, grad_norm: bool = False):
     model = _Net(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
     (mgd, mst), (ogd, ost) = nnx.split(model), nnx.split(optimizer)
     mesh = make_mesh(-1, 1)
     msh, osh = state_shardings(mst, mesh), state_shardings(ost, mesh)
     step = make_train_step(mgd, ogd, _loss, schedule=None, model_sharding=msh, opt_sharding=osh, mesh=mesh,
-                           flat_state=flat)
+                           flat_state=flat, grad_norm=grad_norm)
     mst, ost = jax.device_put(mst, msh), jax.device_put(ost, osh)
     if flat:
         return step, jax.tree.leaves(mst), jax.tree.leaves(ost), (jax.tree.structure(msh), jax.tree.structure(osh))
@@ -62,3 +62,21 @@ def test_flat_state_step_equals_the_state_tree_step():
     fresh = nnx.state(_Net(nnx.Rngs(0)))
     assert not np.allclose(fresh["bn"]["mean"][...], rebuilt["bn"]["mean"][...])
     assert not np.allclose(fresh["head"]["kernel"][...], rebuilt["head"]["kernel"][...])
+
+
+def test_grad_norm_metric_is_the_global_norm_of_the_gradients():
+    n = jax.device_count()
+    rng = np.random.default_rng(1)
+    batch = {"image": jnp.asarray(rng.normal(size=(n, 8, 6, 3)), jnp.float32),
+             "target": jnp.asarray(rng.normal(size=(n, 8, 6, 2)), jnp.float32)}
+    # The same gradients by hand: value_and_grad of the loss of a training-mode forward.
+    model = _Net(nnx.Rngs(0))
+    model.train()
+    grads = nnx.grad(lambda m: _loss(m(batch["image"]), batch)[0])(model)
+    want = float(np.sqrt(sum(np.sum(np.square(np.asarray(g))) for g in jax.tree.leaves(grads))))
+
+    step, mst, ost, _ = _build(flat=False, grad_norm=True)
+    _, _, metrics = step(mst, ost, batch)
+    np.testing.assert_allclose(float(metrics["grad_norm"]), want, rtol=1e-5)
+    step, mst, ost, _ = _build(flat=False)  # off by default (a reduction per parameter array)
+    assert "grad_norm" not in step(mst, ost, batch)[2]

@@ -66,11 +66,15 @@ def data_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, loss_fn: LossFn, *,
                     schedule: optax.Schedule | None, model_sharding: Any, opt_sharding: Any,
                     mesh: jax.sharding.Mesh, image_key: str = "image", flat_state: bool = False,
-                    preprocess: Callable[[jax.Array], jax.Array] | None = None) -> Callable:
+                    preprocess: Callable[[jax.Array], jax.Array] | None = None,
+                    grad_norm: bool = False) -> Callable:
     """Returns `step(model_state, opt_state, batch) -> (model_state, opt_state, metrics)`.
 
     Forward in training mode, `nnx.value_and_grad` of `loss_fn`, one optimizer update; BatchNorm
-    statistics updated. Metrics: 'loss', 'grad_norm', 'lr' and whatever `loss_fn` reports.
+    statistics updated. Metrics: 'loss', 'lr' and whatever `loss_fn` reports; with `grad_norm`
+    also 'grad_norm' (the global L2 norm of the gradients). That metric is one reduction per
+    parameter array (about 1,000 for HRNet-W32), which XLA:CPU compiles as separate kernels: it
+    added 13-15 s to the W32 step's first compile on a 2-core host (benchmarks/NOTES.md).
     With `flat_state`, both states are passed and returned as `jax.tree.leaves(state)` lists, in
     the structure of `model_sharding` / `opt_sharding` (`jax.tree.unflatten` with
     `jax.tree.structure(model_sharding)` gives the `nnx.State` back). `preprocess` maps the
@@ -89,7 +93,9 @@ def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, lo
         (loss, aux), grads = nnx.value_and_grad(compute, has_aux=True)(model)
         lr = schedule(optimizer.step[...]) if schedule is not None else jnp.nan
         optimizer.update(model, grads)
-        metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads), lr=jnp.asarray(lr, jnp.float32))
+        metrics = dict(aux, loss=loss, lr=jnp.asarray(lr, jnp.float32))
+        if grad_norm:
+            metrics["grad_norm"] = optax.global_norm(grads)
         return nnx.state(model), nnx.state(optimizer), metrics
 
     batch_sharding = data_sharding(mesh)
