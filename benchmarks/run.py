@@ -22,8 +22,8 @@ framework with framework, model, attention, batch, input, train_img_s, infer_img
 compile_s and the per-round values) and `benchmarks/RESULTS.md` (the Markdown table the README
 shows); with `--accelerator`, `results_accelerator.json` / `RESULTS_accelerator.md`, which add the
 device allocator's peak (`peak_device_mb`) and model FLOP utilisation (train FLOP/s over the chip's
-dense bf16 peak, `--peak_tflops`, known for H100/H200/A100). FLOPs per image come from `psa_jax.models.summary` (executed multiply-adds x 2); a train
-step is counted as 3x the forward pass, so `train_gflop_s = 3 * 2 * executed_gmacs * train_img_s`.
+dense bf16 peak, `--peak_tflops`, known for H100/H200/A100). FLOPs per image come from
+`psa_jax.models.summary` (executed multiply-adds x 2); a train step is counted as 3x the forward pass, so `train_gflop_s = 3 * 2 * executed_gmacs * train_img_s`.
 """
 
 from __future__ import annotations
@@ -371,6 +371,8 @@ def main(argv=None) -> dict:
         wanted = {tuple(c.split(":")) for c in args.cases.split(",")}
         pool = ACCEL_CASES if args.accelerator else CPU_CASES
         cases = [c for c in pool if (c[0], c[1]) in wanted]
+        if not cases:
+            raise SystemExit(f"--cases {args.cases!r} matches none of " + ", ".join(f"{c[0]}:{c[1]}" for c in pool))
     torch_ok = (torch_python.exists() or shutil.which(str(torch_python)) is not None) and not args.no_torch
 
     def log(msg: str) -> None:
@@ -387,23 +389,21 @@ def main(argv=None) -> dict:
     if not torch_ok:
         log(f"PyTorch peer environment not found at {torch_python}: run `bash benchmarks/setup_torch_env.sh`; "
             "measuring JAX only.")
-    if args.merge:
-        if not args.cases:
-            raise SystemExit("--merge needs --cases (the cases to re-measure)")
+    if args.merge and not args.cases:
+        raise SystemExit("--merge needs --cases (the cases to re-measure)")
+    if args.merge or args.only_pipelines:  # rewrite a previous results file in part
         previous = json.loads(Path(args.out_json).read_text())
         results.update({k: previous[k] for k in ("date", "quick", "rounds", "versions", "load_start", "host_env",
-                                                  "accelerator", "peak_tflops", "pipelines", "pipelines_date", "notes")
-                        if k in previous})
+                                                  "accelerator", "peak_tflops", "cases", "pipelines",
+                                                  "pipelines_date", "notes") if k in previous})
+    if args.merge:
         ran = {c[:4] for c in cases}
-        results["cases"] = [r for r in previous["cases"] if (r["model"], r["attention"], r["batch"], r["input"])
+        results["cases"] = [r for r in results["cases"] if (r["model"], r["attention"], r["batch"], r["input"])
                             not in ran]
         note = (f"{', '.join(f'{c[0]}:{c[1]}' for c in cases)} re-measured "
                 f"{datetime.datetime.now().astimezone().isoformat(timespec='minutes')} ({rounds} rounds).")
         results["notes"] = f"{results.get('notes') or ''} {note}".strip()
     if args.only_pipelines:
-        previous = json.loads(Path(args.out_json).read_text())
-        results.update({k: previous[k] for k in ("date", "quick", "rounds", "versions", "load_start", "host_env",
-                                                  "cases", "accelerator") if k in previous})
         results["pipelines_date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         cases = []
     with tempfile.TemporaryDirectory(prefix="psa_jax_cache_") as cache_dir:

@@ -513,8 +513,11 @@ class TrainTransform:
         crop = warp_image(image, m_image, self.codec.input_wh)
         joints_in = np.where(visible[:, None] > 0, affine_points(joints, m), joints)
         target, weight = self.codec.encode(joints_in, visible)
-        image = normalize_image(crop) if self.image_dtype == "float32" else rgb_uint8(crop)
-        return {"image": image, "target": target, "target_weight": weight}
+        return {"image": self.output_image(crop), "target": target, "target_weight": weight}
+
+    def output_image(self, crop_bgr: np.ndarray) -> np.ndarray:
+        """The warped uint8 BGR crop as the sample's image: normalised float32 RGB, or uint8 RGB."""
+        return normalize_image(crop_bgr) if self.image_dtype == "float32" else rgb_uint8(crop_bgr)
 
 
 class EvalTransform:
