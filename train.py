@@ -36,6 +36,7 @@ from psa_jax.training.entry_point import start_process
 from psa_jax.training.task import get_task
 from psa_jax.training.train_step import (data_sharding, host_predict_fn, make_forward, make_mesh,
                                          make_train_step, state_shardings)
+from psa_jax.training.xla_flags import cpu_compiler_options
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "pose_synthetic_demo.py")
 
@@ -47,6 +48,24 @@ _TRAIN_FIELDS = ("image", "target", "target_weight", "label")
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/inf; no checkpoint is written after it."""
+
+
+def compile_step(step_fn, model_leaves, opt_leaves, batch):
+    """Compiles the jitted train step ahead of time for these (fixed) shapes and frees what JAX
+    kept from tracing and lowering it.
+
+    `jax.clear_caches()` drops the jaxprs and lowered modules of every traced function (240 MB
+    for HRNet-W32 on CPU; `benchmarks/NOTES.md`); the compiled step is held here, so nothing is
+    compiled twice (evaluation's forward pass compiles on its first use either way). Then the
+    compiler's freed heap goes back to the OS (`trim_host_memory`). Every batch has the same
+    shapes (the pipelines drop the last partial batch), which an AOT-compiled step requires.
+    """
+    t = time.perf_counter()
+    compiled = step_fn.lower(model_leaves, opt_leaves, batch).compile()
+    jax.clear_caches()
+    trim_host_memory()
+    logger.info("train step compiled in %.1f s", time.perf_counter() - t)
+    return compiled
 
 
 def train(config, workdir: str) -> dict:
@@ -101,7 +120,9 @@ def train(config, workdir: str) -> dict:
     # nnx.State trees are rebuilt only for evaluation and checkpoints.
     step_fn = make_train_step(model_gd, opt_gd, task.loss_fn, schedule=schedule, model_sharding=model_sh,
                               opt_sharding=opt_sh, mesh=mesh, flat_state=True,
-                              preprocess=task.preprocess, grad_norm=config.log_grad_norm)
+                              preprocess=task.preprocess, grad_norm=config.log_grad_norm,
+                              compiler_options=cpu_compiler_options(config.cpu_scheduler,
+                                                                    platform=jax.default_backend()))
     model_def, opt_def = jax.tree.structure(model_sh), jax.tree.structure(opt_sh)
     model_leaves, opt_leaves = jax.tree.leaves(model_state), jax.tree.leaves(opt_state)
     del model_state, opt_state  # donated to the first step
@@ -115,9 +136,9 @@ def train(config, workdir: str) -> dict:
     for step in pbar:
         local = next(train_iter)
         batch = global_batch({k: v for k, v in local.items() if k in _TRAIN_FIELDS}, batch_sh)
-        model_leaves, opt_leaves, metrics = step_fn(model_leaves, opt_leaves, batch)
         if step == start + 1:
-            trim_host_memory()  # give the compiler's freed heap back to the OS
+            step_fn = compile_step(step_fn, model_leaves, opt_leaves, batch)
+        model_leaves, opt_leaves, metrics = step_fn(model_leaves, opt_leaves, batch)
 
         is_eval = step % eval_every == 0 or step == total_steps
         if step % config.log_every_steps == 0 or is_eval or step == start + 1:

@@ -66,7 +66,10 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--flops", action="store_true", help="also count executed MACs per image")
     p.add_argument("--dump_hlo", default=None, help="write the optimised train-step HLO here")
     p.add_argument("--no_trim", action="store_true", help="do not return the compiler's freed heap to the OS")
-    p.add_argument("--clear_caches", action="store_true", help="jax.clear_caches() after compiling (experiment)")
+    p.add_argument("--keep_caches", action="store_true",
+                   help="skip jax.clear_caches() after compiling the train step (train.py clears them)")
+    p.add_argument("--cpu_scheduler", default="memory", choices=["default", "memory", "concurrency"],
+                   help="XLA:CPU HLO scheduler of the train step (train.py: config.cpu_scheduler)")
     p.add_argument("--compile_only", action="store_true", help="stop after compiling the train step")
     p.add_argument("--optimizer", default="adam", choices=("adam", "adam_flat"),
                    help="adam_flat: optax.flatten(adam), one update over the concatenated parameters")
@@ -107,7 +110,7 @@ def build_case(args: argparse.Namespace):
     return model, images, target, kind, loss_on_outputs
 
 
-def make_trainer_step(model, loss_on_outputs):
+def make_trainer_step(model, loss_on_outputs, compiler_options=None):
     """The step train.py runs: `psa_jax.training.train_step.make_train_step(flat_state=True)` on a
     one-axis data mesh over the local devices, replicated state, Adam, no schedule.
 
@@ -130,7 +133,7 @@ def make_trainer_step(model, loss_on_outputs):
         return loss_on_outputs(out, batch["target"]), {}
 
     inner = ts.make_train_step(model_gd, opt_gd, loss_fn, schedule=None, model_sharding=model_sh,
-                               opt_sharding=opt_sh, mesh=mesh, flat_state=True)
+                               opt_sharding=opt_sh, mesh=mesh, flat_state=True, compiler_options=compiler_options)
 
     class Step:
         """`inner` behind the (state, x, y) -> (state, loss) calling convention; `lower` for AOT."""
@@ -160,7 +163,8 @@ def make_trainer_step(model, loss_on_outputs):
     return Step(inner), state, unflatten
 
 
-def make_train_step(model, loss_on_outputs, *, flat_state: bool = True, optimizer: str = "adam"):
+def make_train_step(model, loss_on_outputs, *, flat_state: bool = True, optimizer: str = "adam",
+                    compiler_options=None):
     """The trainer's step: split model + Adam, `jax.jit(step, donate_argnums=0)`.
 
     Returns (step, state, unflatten): `state` is what `step(state, x, y) -> (state, loss)` takes
@@ -198,7 +202,8 @@ def make_train_step(model, loss_on_outputs, *, flat_state: bool = True, optimize
     def unflatten(state):
         return nnx.merge(graphdef, jax.tree.unflatten(treedef, state) if flat_state else state)
 
-    return jax.jit(train_step, donate_argnums=0), (leaves if flat_state else state), unflatten
+    return (jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options),
+            (leaves if flat_state else state), unflatten)
 
 
 def device_peak_mb() -> float | None:
@@ -247,11 +252,14 @@ def main(argv=None) -> dict:
 
     if args.mode in ("both", "train"):
         result["rss_before_compile_mb"] = rss_now_mb()
+        from psa_jax.training.xla_flags import cpu_compiler_options
+        options = cpu_compiler_options(args.cpu_scheduler, platform=jax.default_backend())
+        result["compiler_options"] = options
         if args.step == "trainer":
-            step, state, unflatten = make_trainer_step(model, loss_on_outputs)
+            step, state, unflatten = make_trainer_step(model, loss_on_outputs, compiler_options=options)
         else:
             step, state, unflatten = make_train_step(model, loss_on_outputs, flat_state=not args.state_pytree,
-                                                       optimizer=args.optimizer)
+                                                       optimizer=args.optimizer, compiler_options=options)
         t0, c0 = time.perf_counter(), time.process_time()
         lowered = step.lower(state, images, target)
         t1 = time.perf_counter()
@@ -262,7 +270,7 @@ def main(argv=None) -> dict:
         if not args.no_trim:
             from psa_jax.training.host_memory import trim_host_memory
             del lowered
-            if args.clear_caches:
+            if not args.keep_caches:
                 jax.clear_caches()
             trim_host_memory()
             result["rss_after_trim_mb"] = rss_now_mb()

@@ -158,7 +158,7 @@ def run_case(model: str, attention: str, batch: int, size: str, peer: bool, step
             rec["compile_s"] = None
         first = ok[0]
         for key in ("executed_gmacs", "hrnet_gflops", "params", "psa_blocks", "backend", "device", "device_name",
-                    "xla_flags", "memory_format"):
+                    "xla_flags", "memory_format", "compiler_options"):
             if key in first:
                 rec[key] = first[key]
         rec["rounds"] = [{k: x.get(k) for k in ("train_img_s", "infer_img_s", "peak_rss_mb", "compile_s",

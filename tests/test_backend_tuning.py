@@ -179,6 +179,18 @@ def test_jaxlib_flag_detection():
     assert not xla_flags.jaxlib_has_flags(["--xla_cpu_no_such_flag_for_psa_jax=1"])
 
 
+def test_cpu_compiler_options_pick_the_scheduler():
+    assert xla_flags.cpu_compiler_options("default", platform="cpu") == {}
+    for platform in ("cuda", "tpu"):                      # never on accelerators
+        assert xla_flags.cpu_compiler_options("memory", platform=platform) == {}
+    if not xla_flags.jaxlib_has_flags(["xla_cpu_scheduler_type"]):
+        pytest.skip("this jaxlib has no xla_cpu_scheduler_type option")
+    assert xla_flags.cpu_compiler_options("memory", platform="cpu") == {
+        "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    with pytest.raises(ValueError, match="'concurrency', 'default', 'memory'"):
+        xla_flags.cpu_compiler_options("memroy", platform="cpu")
+
+
 def test_configure_xla_leaves_accelerators_plain(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     for platform in ("cuda", "tpu", "rocm"):

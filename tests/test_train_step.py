@@ -3,10 +3,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from psa_jax.layers import PolarizedSelfAttention
 from psa_jax.layers.norm import BatchNorm
+from psa_jax.training import xla_flags
 from psa_jax.training.train_step import make_mesh, make_train_step, state_shardings
 
 
@@ -27,14 +29,14 @@ def _loss(out, batch):
     return jnp.mean((out - batch["target"]) ** 2), {"mean_out": jnp.mean(out)}
 
 
-def _build(flat: bool, grad_norm: bool = False):
+def _build(flat: bool, grad_norm: bool = False, compiler_options=None):
     model = _Net(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
     (mgd, mst), (ogd, ost) = nnx.split(model), nnx.split(optimizer)
     mesh = make_mesh(-1, 1)
     msh, osh = state_shardings(mst, mesh), state_shardings(ost, mesh)
     step = make_train_step(mgd, ogd, _loss, schedule=None, model_sharding=msh, opt_sharding=osh, mesh=mesh,
-                           flat_state=flat, grad_norm=grad_norm)
+                           flat_state=flat, grad_norm=grad_norm, compiler_options=compiler_options)
     mst, ost = jax.device_put(mst, msh), jax.device_put(ost, osh)
     if flat:
         return step, jax.tree.leaves(mst), jax.tree.leaves(ost), (jax.tree.structure(msh), jax.tree.structure(osh))
@@ -80,3 +82,26 @@ def test_grad_norm_metric_is_the_global_norm_of_the_gradients():
     np.testing.assert_allclose(float(metrics["grad_norm"]), want, rtol=1e-5)
     step, mst, ost, _ = _build(flat=False)  # off by default (a reduction per parameter array)
     assert "grad_norm" not in step(mst, ost, batch)[2]
+
+
+def test_compiler_options_reach_xla_and_keep_the_numbers():
+    """The memory-minimising XLA:CPU scheduler reorders kernels, not arithmetic: same update.
+    An invalid value is rejected by XLA naming the option, so the options do reach the compiler."""
+    options = xla_flags.cpu_compiler_options("memory", platform=jax.default_backend())
+    if not options:
+        pytest.skip("not XLA:CPU, or a jaxlib without xla_cpu_scheduler_type")
+    n = jax.device_count()
+    rng = np.random.default_rng(2)
+    batch = {"image": jnp.asarray(rng.normal(size=(n, 8, 6, 3)), jnp.float32),
+             "target": jnp.asarray(rng.normal(size=(n, 8, 6, 2)), jnp.float32)}
+    step, mst, ost, _ = _build(flat=False)
+    step_mem, mst_mem, ost_mem, _ = _build(flat=False, compiler_options=options)
+    for _ in range(2):
+        mst, ost, m = step(mst, ost, batch)
+        mst_mem, ost_mem, m_mem = step_mem(mst_mem, ost_mem, batch)
+        np.testing.assert_allclose(m_mem["loss"], m["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(mst), jax.tree.leaves(mst_mem), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    bad, mst, ost, _ = _build(flat=False, compiler_options={"xla_cpu_scheduler_type": "NO_SUCH_SCHEDULER"})
+    with pytest.raises(Exception, match="xla_cpu_scheduler_type"):
+        bad(mst, ost, batch)

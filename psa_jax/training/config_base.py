@@ -19,6 +19,9 @@ def common_config() -> mlc.ConfigDict:
     c.num_steps = 0                   # > 0 overrides num_epochs
     c.log_every_steps = 50
     c.log_grad_norm = False           # also log the gradients' global norm (+13-15 s first compile of W32 on CPU)
+    # XLA:CPU's HLO scheduler for the train step: 'memory' (smallest live set), 'default' (XLA's,
+    # favours concurrency) or 'concurrency'. Ignored on GPU/TPU. See xla_flags.cpu_compiler_options.
+    c.cpu_scheduler = "memory"
     c.optimizer = mlc.ConfigDict(dict(name="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, nesterov=False,
                                       b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0))
     c.schedule = mlc.ConfigDict(dict(name="constant", milestones=(), gamma=0.1, power=0.9, warmup_steps=0,

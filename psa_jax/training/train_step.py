@@ -67,7 +67,7 @@ def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, lo
                     schedule: optax.Schedule | None, model_sharding: Any, opt_sharding: Any,
                     mesh: jax.sharding.Mesh, image_key: str = "image", flat_state: bool = False,
                     preprocess: Callable[[jax.Array], jax.Array] | None = None,
-                    grad_norm: bool = False) -> Callable:
+                    grad_norm: bool = False, compiler_options: Mapping[str, str] | None = None) -> Callable:
     """Returns `step(model_state, opt_state, batch) -> (model_state, opt_state, metrics)`.
 
     Forward in training mode, `nnx.value_and_grad` of `loss_fn`, one optimizer update; BatchNorm
@@ -79,6 +79,8 @@ def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, lo
     the structure of `model_sharding` / `opt_sharding` (`jax.tree.unflatten` with
     `jax.tree.structure(model_sharding)` gives the `nnx.State` back). `preprocess` maps the
     batch's images to the network input on device (e.g. uint8 -> normalised float32).
+    `compiler_options` go to `jax.jit` for this program only (e.g.
+    `xla_flags.cpu_compiler_options('memory')`: XLA:CPU's memory-minimising scheduler).
     """
     def step(model_state, opt_state, batch):
         model = nnx.merge(model_graphdef, model_state, copy=True)
@@ -102,7 +104,8 @@ def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, lo
     scalar = NamedSharding(mesh, P())
     if not flat_state:
         return jax.jit(step, in_shardings=(model_sharding, opt_sharding, batch_sharding),
-                       out_shardings=(model_sharding, opt_sharding, scalar), donate_argnums=(0, 1))
+                       out_shardings=(model_sharding, opt_sharding, scalar), donate_argnums=(0, 1),
+                       compiler_options=compiler_options)
 
     model_def, opt_def = jax.tree.structure(model_sharding), jax.tree.structure(opt_sharding)
 
@@ -113,7 +116,8 @@ def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, lo
 
     model_leaves_sh, opt_leaves_sh = jax.tree.leaves(model_sharding), jax.tree.leaves(opt_sharding)
     return jax.jit(flat_step, in_shardings=(model_leaves_sh, opt_leaves_sh, batch_sharding),
-                   out_shardings=(model_leaves_sh, opt_leaves_sh, scalar), donate_argnums=(0, 1))
+                   out_shardings=(model_leaves_sh, opt_leaves_sh, scalar), donate_argnums=(0, 1),
+                   compiler_options=compiler_options)
 
 
 def make_forward(model_graphdef: nnx.GraphDef, forward: Callable[[nnx.Module, jax.Array], Any], *,

@@ -14,6 +14,13 @@ Call `configure_xla()` at the very start of a program (before the first JAX comp
 2. **Persistent compilation cache** (`cache_dir`): compiled programs are stored on disk and a
    later process with the same program, flags and jaxlib loads them instead of compiling.
 
+Per-program options (`cpu_compiler_options`, for `jax.jit(..., compiler_options=...)`) choose
+XLA:CPU's HLO scheduler for one program: 'memory' (`CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`) orders
+the train step for the smallest live set; XLA's default orders it for concurrency between
+independent kernels. On HRNet-W32 (2-core host) the memory scheduler cut the train step's XLA
+temp buffer from 1,541 to 1,274 MB (no attention) and from 2,632 to 1,680 MB (PSA_s) and cost
+4-10% of training speed (`benchmarks/NOTES.md`); train.py uses it on CPU (`config.cpu_scheduler`).
+
 Deciding "will run on CPU" without initialising a backend: `JAX_PLATFORMS` (or `platform=`) is
 authoritative when set; otherwise the CPU is assumed only when no accelerator plugin is installed
 (`jax_cuda*_plugin`, `jax_rocm*_plugin`, `libtpu`), since JAX would pick that plugin's device
@@ -28,13 +35,20 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CPU_ONEDNN_FLAGS", "configure_xla", "target_platform", "jaxlib_has_flags",
-           "enable_compilation_cache", "backend_initialized"]
+__all__ = ["CPU_ONEDNN_FLAGS", "CPU_SCHEDULERS", "configure_xla", "cpu_compiler_options", "target_platform",
+           "jaxlib_has_flags", "enable_compilation_cache", "backend_initialized"]
 
 CPU_ONEDNN_FLAGS: tuple[str, ...] = (
     "--xla_cpu_experimental_onednn_fusion_type=individual_convolution",
     "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
 )
+
+# `cpu_compiler_options(scheduler=...)` names -> XLA's `xla_cpu_scheduler_type` enum values.
+CPU_SCHEDULERS: dict[str, str | None] = {
+    "default": None,  # XLA's own choice
+    "memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+    "concurrency": "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
+}
 
 _ACCELERATOR_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jax_cuda13_plugin", "cuda"), ("jax_cuda12_plugin", "cuda"),
@@ -136,3 +150,24 @@ def configure_xla(*, platform: str | None = None, cpu_onednn: bool = True,
         enable_compilation_cache(cache_dir)
     return {"platform": target, "added_flags": added, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "cache_dir": None if cache_dir is None else str(cache_dir)}
+
+
+def cpu_compiler_options(scheduler: str, platform: str | None = None) -> dict[str, str]:
+    """`compiler_options` for `jax.jit` that pick XLA:CPU's HLO scheduler for one program.
+
+    Args:
+      scheduler: a key of `CPU_SCHEDULERS` ('default', 'memory', 'concurrency').
+      platform: the backend the program compiles for (e.g. `jax.default_backend()`); default
+        `target_platform()`.
+    Returns:
+      {} for 'default', on GPU/TPU, and with a jaxlib that lacks the option (the program then
+      compiles with XLA's defaults); otherwise {'xla_cpu_scheduler_type': <enum value>}.
+    Raises:
+      ValueError: unknown `scheduler`.
+    """
+    if scheduler not in CPU_SCHEDULERS:
+        raise ValueError(f"unknown XLA:CPU scheduler {scheduler!r}; choose one of {sorted(CPU_SCHEDULERS)}")
+    value = CPU_SCHEDULERS[scheduler]
+    if value is None or target_platform(platform) != "cpu" or not jaxlib_has_flags(["xla_cpu_scheduler_type", value]):
+        return {}
+    return {"xla_cpu_scheduler_type": value}
