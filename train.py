@@ -50,19 +50,21 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/inf; no checkpoint is written after it."""
 
 
-def compile_step(step_fn, model_leaves, opt_leaves, batch):
+def compile_step(step_fn, model_leaves, opt_leaves, batch, *, clear_caches: bool = True):
     """Compiles the jitted train step ahead of time for these (fixed) shapes and frees what JAX
     kept from tracing and lowering it.
 
-    `jax.clear_caches()` drops the jaxprs and lowered modules of every traced function (240 MB
-    for HRNet-W32 on CPU; `benchmarks/NOTES.md`); the compiled step is held here, so nothing is
-    compiled twice (evaluation's forward pass compiles on its first use either way). Then the
-    compiler's freed heap goes back to the OS (`trim_host_memory`). Every batch has the same
-    shapes (the pipelines drop the last partial batch), which an AOT-compiled step requires.
+    With `clear_caches`, `jax.clear_caches()` drops the jaxprs and lowered modules of every traced
+    function (240 MB for HRNet-W32 on CPU; `benchmarks/NOTES.md`); the compiled step is held
+    here, so it is not compiled twice, but other jitted functions trace again on their next call
+    (evaluation's forward pass compiles on its first use either way). Then the compiler's freed
+    heap goes back to the OS (`trim_host_memory`). Every batch has the same shapes (the
+    pipelines drop the last partial batch), which an AOT-compiled step requires.
     """
     t = time.perf_counter()
     compiled = step_fn.lower(model_leaves, opt_leaves, batch).compile()
-    jax.clear_caches()
+    if clear_caches:
+        jax.clear_caches()
     trim_host_memory()
     logger.info("train step compiled in %.1f s", time.perf_counter() - t)
     return compiled
@@ -137,7 +139,8 @@ def train(config, workdir: str) -> dict:
         local = next(train_iter)
         batch = global_batch({k: v for k, v in local.items() if k in _TRAIN_FIELDS}, batch_sh)
         if step == start + 1:
-            step_fn = compile_step(step_fn, model_leaves, opt_leaves, batch)
+            step_fn = compile_step(step_fn, model_leaves, opt_leaves, batch,
+                                   clear_caches=config.clear_caches_after_compile)
         model_leaves, opt_leaves, metrics = step_fn(model_leaves, opt_leaves, batch)
 
         is_eval = step % eval_every == 0 or step == total_steps

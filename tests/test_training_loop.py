@@ -58,6 +58,7 @@ def tiny_config(data_dir, **overrides):
     c.eval.every_steps = 3
     c.eval.batch_size = 8
     c.schedule.warmup_steps = 0
+    c.clear_caches_after_compile = False  # these tests call train() several times in one process
     for key, value in overrides.items():
         node = c
         *path, last = key.split(".")
