@@ -68,7 +68,8 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--no_trim", action="store_true", help="do not return the compiler's freed heap to the OS")
     p.add_argument("--keep_caches", action="store_true",
                    help="skip jax.clear_caches() after compiling the train step (train.py clears them)")
-    p.add_argument("--cpu_scheduler", default="memory", choices=["default", "memory", "concurrency"],
+    from psa_jax.training.xla_flags import CPU_SCHEDULERS  # imports no JAX
+    p.add_argument("--cpu_scheduler", default="memory", choices=sorted(CPU_SCHEDULERS),
                    help="XLA:CPU HLO scheduler of the train step (train.py: config.cpu_scheduler)")
     p.add_argument("--compile_only", action="store_true", help="stop after compiling the train step")
     p.add_argument("--optimizer", default="adam", choices=("adam", "adam_flat"),
