@@ -12,7 +12,7 @@ from flax import nnx
 from psa_jax.layers import backend_tuning
 from psa_jax.layers.backend_tuning import materialize
 from psa_jax.layers.conv import Conv2d, _conv2d_phase_vjp, _conv2d_plain, _phase_conv_input_grad, conv2d
-from psa_jax.layers.norm import BatchNorm
+from psa_jax.layers.norm import BatchNorm, batch_norm_train
 from psa_jax.training import xla_flags
 
 
@@ -155,11 +155,113 @@ def test_conv_module_gradients_same_with_and_without_workarounds(switches):
     on = grads()
     switches.set_cpu_phase_vjp(False)
     switches.set_cpu_materialization(False)
+    switches.set_cpu_fused_batchnorm(False)
     off = grads()
     np.testing.assert_allclose(on[0], off[0], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(on[1]), jax.tree.leaves(off[1])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        # BatchNorm's two backward paths round differently: tolerance relative to the largest entry.
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
     np.testing.assert_allclose(on[2], off[2], rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------- BatchNorm's hand-written VJP
+
+def _batchnorm_step(x, g, *, fused: bool, dtype=None):
+    """Training-mode BatchNorm on x: (sum(y * g), running mean, running var, d_scale, d_bias, dx)."""
+    backend_tuning.set_cpu_fused_batchnorm(fused)
+    c = x.shape[-1]
+    bn = BatchNorm(c, dtype=dtype)
+    bn.scale.set_value(jnp.linspace(0.5, 2.0, c))
+    bn.bias.set_value(jnp.linspace(-1.0, 1.0, c))
+
+    @nnx.jit
+    def run(bn, x):
+        loss = lambda m, v: jnp.sum(m(v).astype(jnp.float32) * g)       # noqa: E731
+        value, (grads, dx) = nnx.value_and_grad(loss, argnums=(0, 1))(bn, x)
+        return value, grads.scale[...], grads.bias[...], dx
+
+    value, d_scale, d_bias, dx = run(bn, x)
+    return [np.asarray(v, np.float32) for v in (value, bn.mean[...], bn.var[...], d_scale, d_bias, dx)]
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6, 8), (3, 7, 1, 5), (2, 3)])
+def test_fused_batchnorm_equals_autodiff(switches, shape):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal(shape) * 3.0 + 1.5, jnp.float32)
+    x = x.at[..., 0].set(2.0)                                  # a constant channel: variance 0
+    g = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    fused = _batchnorm_step(x, g, fused=True)
+    plain = _batchnorm_step(x, g, fused=False)
+    names = ("loss", "running mean", "running var", "d_scale", "d_bias", "dx")
+    for name, a, b in zip(names, fused, plain):
+        if a.ndim:                       # channel 0 below: 1/std = 316 there amplifies rounding
+            a, b = a[..., 1:], b[..., 1:]
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(b).max())), err_msg=name)
+    # The constant channel: x_hat = 0 exactly, so d_scale = 0 (autodiff's one-pass formula leaves
+    # a rounding residue of sum(g x) / std - mean sum(g) / std there) and dx = scale/std (g - mean g).
+    assert fused[3][0] == 0.0 and abs(plain[3][0]) < 1e-2
+    np.testing.assert_allclose(fused[5][..., 0], plain[5][..., 0], rtol=1e-4, atol=1e-3)
+
+
+def test_fused_batchnorm_gradient_against_numpy():
+    """Golden values: the BatchNorm gradient written out in float64 NumPy."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 3, 4)) * 2.0 - 0.5
+    g = rng.standard_normal((6, 3, 4))
+    scale, bias, eps = np.array([0.5, 1.0, 2.0, -1.0]), np.array([0.1, 0.0, -0.3, 1.0]), 1e-5
+    n = 18
+    mean = x.mean((0, 1))
+    std = np.sqrt(x.var((0, 1)) + eps)
+    x_hat = (x - mean) / std
+    y = x_hat * scale + bias
+    d_bias, d_scale = g.sum((0, 1)), (g * x_hat).sum((0, 1))
+    dx = scale / std * (g - d_bias / n - x_hat * d_scale / n)
+
+    f32 = lambda v: jnp.asarray(v, jnp.float32)                 # noqa: E731
+    out, vjp = jax.vjp(lambda v, s, b: batch_norm_train(v, s, b, eps, jnp.float32), f32(x), f32(scale), f32(bias))
+    np.testing.assert_allclose(out[0], y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[2], x.var((0, 1)) * n / (n - 1), rtol=1e-5)
+    got_dx, got_ds, got_db = vjp((f32(g), jnp.zeros(4), jnp.zeros(4)))
+    np.testing.assert_allclose(got_dx, dx, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_ds, d_scale, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_db, d_bias, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_batchnorm_bfloat16_close_to_float32(switches):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((4, 6, 5, 8)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((4, 6, 5, 8)), jnp.float32)
+    reference = _batchnorm_step(x, g, fused=False)
+    low = _batchnorm_step(x.astype(jnp.bfloat16), g, fused=True, dtype=jnp.bfloat16)
+    assert np.dtype(low[-1].dtype) == np.float32             # converted above; the gradient itself is bf16
+    for a, b in zip(low[3:], reference[3:]):                 # gradients within bfloat16 rounding
+        np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * float(np.abs(b).max()))
+
+
+def test_fused_batchnorm_only_in_training_mode_and_when_on(switches):
+    x = jnp.ones((2, 3, 3, 4))
+    bn = BatchNorm(4)
+
+    def jaxpr(m):
+        graphdef, state = nnx.split(m)
+        return str(jax.make_jaxpr(lambda st, v: nnx.merge(graphdef, st)(v))(state, x))
+
+    assert "custom_vjp_call" in jaxpr(bn)
+    bn.eval()
+    assert "custom_vjp_call" not in jaxpr(bn)                 # eval: running statistics, no VJP
+    bn.train()
+    switches.set_cpu_fused_batchnorm(False)
+    assert "custom_vjp_call" not in jaxpr(bn)
+
+
+def test_fused_batchnorm_propagates_nan(switches):
+    x = jnp.asarray(np.random.default_rng(6).standard_normal((3, 4, 4, 3)), jnp.float32).at[1, 2, 0, 1].set(jnp.nan)
+    g = jnp.ones((3, 4, 4, 3), jnp.float32)
+    fused, plain = _batchnorm_step(x, g, fused=True), _batchnorm_step(x, g, fused=False)
+    for a, b in zip(fused, plain):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    assert np.isnan(fused[-1][..., 1]).all() and not np.isnan(fused[-1][..., 0]).any()
 
 
 # ------------------------------------------------------------------------------------ xla_flags

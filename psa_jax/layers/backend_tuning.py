@@ -21,7 +21,11 @@ compile the plain program.
 The same switch pattern guards the other CPU-only workaround, the phase-convolution gradient of
 strided convolutions (`psa_jax.layers.conv.conv2d`, `set_cpu_phase_vjp`): XLA:CPU lowers a
 strided convolution's input gradient to an lhs-dilated convolution that runs in slow generic
-code. Both are checked against the plain path in `tests/test_backend_tuning.py`.
+code. BatchNorm's training-mode backward pass is the third (`psa_jax.layers.norm.batch_norm_train`,
+`set_cpu_fused_batchnorm`): autodiff of the one-pass statistics spreads a handful of small vector
+ops over separate XLA:CPU kernels per BatchNorm (8 in the forward pass); the hand-written VJP
+needs about half (W32 train step: 7,599 -> 6,723 fusions, 10% less XLA compile time, 40-75 MB less
+resident memory). All are checked against the plain path in `tests/test_backend_tuning.py`.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["materialize", "set_cpu_materialization", "cpu_materialization_enabled", "set_cpu_phase_vjp",
-           "cpu_phase_vjp_enabled", "on_cpu"]
+           "cpu_phase_vjp_enabled", "set_cpu_fused_batchnorm", "cpu_fused_batchnorm_enabled", "on_cpu"]
 
-_STATE = {"cpu_materialization": True, "cpu_phase_vjp": True}
+_STATE = {"cpu_materialization": True, "cpu_phase_vjp": True, "cpu_fused_batchnorm": True}
 
 
 def on_cpu() -> bool:
@@ -56,6 +60,15 @@ def set_cpu_phase_vjp(enabled: bool) -> None:
 
 def cpu_phase_vjp_enabled() -> bool:
     return _STATE["cpu_phase_vjp"] and on_cpu()
+
+
+def set_cpu_fused_batchnorm(enabled: bool) -> None:
+    """Turns BatchNorm's hand-written training-mode VJP (`norm.batch_norm_train`) on CPU on or off."""
+    _STATE["cpu_fused_batchnorm"] = bool(enabled)
+
+
+def cpu_fused_batchnorm_enabled() -> bool:
+    return _STATE["cpu_fused_batchnorm"] and on_cpu()
 
 
 def _identity(v: jax.Array) -> jax.Array:

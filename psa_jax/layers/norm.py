@@ -2,13 +2,82 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from psa_jax.layers import backend_tuning
 from psa_jax.layers import initializers as inits
 
-__all__ = ["BatchNorm", "LayerNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "batch_norm_train"]
+
+_F32 = jnp.float32
+
+
+def _batch_stats(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+    """Rows [mean, a, b, 1/std, unbiased var] (5, C) of `x` (N..., C), in fp32.
+
+    One-pass statistics as `BatchNorm`'s autodiff path: var = max(E[x^2] - mean^2, 0); the
+    normalised output is `x * a + b` with a = scale / std, b = bias - mean * a. The rows travel
+    as one array because XLA:CPU gives each separately consumed small vector its own kernel.
+    """
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    xf = x.astype(_F32)
+    mean = jnp.sum(xf, axes) / n
+    var = jnp.maximum(jnp.sum(xf * xf, axes) / n - mean * mean, 0.0)
+    inv = jax.lax.rsqrt(var + epsilon)
+    a = scale.astype(_F32) * inv
+    b = bias.astype(_F32) - mean * a
+    return jnp.stack([mean, a, b, inv, var * (n / max(n - 1, 1))])
+
+
+def _normalize(x: jax.Array, stats: jax.Array, dtype) -> jax.Array:
+    return x.astype(dtype) * stats[1].astype(dtype) + stats[2].astype(dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                     dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Training-mode BatchNorm with a hand-written backward pass.
+
+    x (N..., C), scale and bias (C,) -> (y (N..., C) in `dtype`, batch mean (C,), unbiased
+    batch variance (C,)). Forward: `BatchNorm`'s numbers. Backward (the standard BatchNorm
+    gradient, as PyTorch's), with x_hat = (x - mean) / std and sums over the N axes:
+        d_bias = sum(g),  d_scale = sum(g * x_hat),
+        dx = scale / std * (g - d_bias / n - x_hat * d_scale / n).
+    All in fp32 whatever `dtype`. It gives the autodiff path's gradients (to fp32 rounding) in
+    fewer XLA:CPU kernels: autodiff spreads the statistics' small vector ops over many
+    (`benchmarks/NOTES.md`). The mean and variance outputs feed the running statistics; their
+    cotangents are ignored (callers stop their gradient). Reverse mode only (`jax.custom_vjp`).
+    """
+    stats = _batch_stats(x, scale, bias, epsilon)
+    return _normalize(x, stats, dtype), stats[0], stats[4]
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon, dtype):
+    stats = _batch_stats(x, scale, bias, epsilon)
+    return (_normalize(x, stats, dtype), stats[0], stats[4]), (x, stats, scale)
+
+
+def _batch_norm_bwd(epsilon, dtype, residuals, cotangents):
+    del epsilon, dtype
+    x, stats, scale = residuals
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    mean, a, inv = stats[0], stats[1], stats[3]
+    g = cotangents[0].astype(_F32)
+    centred = x.astype(_F32) - mean
+    d_bias = jnp.sum(g, axes)
+    d_scale = jnp.sum(g * centred, axes) * inv
+    coef = jnp.stack([a, -a * inv * d_scale / n, -a * d_bias / n])   # one small array, as above
+    dx = g * coef[0] + centred * coef[1] + coef[2]
+    return dx.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(scale.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 class BatchNorm(nnx.Module):
@@ -18,7 +87,9 @@ class BatchNorm(nnx.Module):
     the running ones as PyTorch does: `running = (1 - momentum) * running + momentum * batch`,
     with the *unbiased* batch variance for `running_var` (`n / (n - 1)`). Under `jax.jit` with a
     batch-sharded input the statistics are over the global batch (SyncBN); there is no
-    `axis_name`. `model.eval()` / `model.train()` switch the mode.
+    `axis_name`. `model.eval()` / `model.train()` switch the mode. On XLA:CPU, training mode runs
+    `batch_norm_train` (same numbers, a hand-written backward pass in fewer kernels; switch:
+    `backend_tuning.set_cpu_fused_batchnorm`).
 
     Parameters: `scale`, `bias` (C,) (PyTorch `weight`, `bias`); batch stats `mean`, `var` (C,)
     (PyTorch `running_mean`, `running_var`).
@@ -52,22 +123,28 @@ class BatchNorm(nnx.Module):
         dtype = self.dtype or x.dtype
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
+        elif backend_tuning.cpu_fused_batchnorm_enabled():
+            y, mean, unbiased = batch_norm_train(x, self.scale[...], self.bias[...], self.epsilon, dtype)
+            self._update_running(mean, unbiased)
+            return y
         else:
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
             mean = jnp.mean(xf, axes)
             var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
             n = x.size // x.shape[-1]
-            unbiased = var * (n / max(n - 1, 1))
-            m = self.momentum
-            # `set_value`, not `self.mean[...] = ...`: the indexed form compares the new value's
-            # sharding, which on a tracer builds an error message by walking the whole trace
-            # (flax 0.12 `Variable.set_value(index=...)`): 90 of the 120 s of tracing W32.
-            self.mean.set_value((1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean))
-            self.var.set_value((1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased))
+            self._update_running(mean, var * (n / max(n - 1, 1)))
         a = self.scale[...].astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
         b = self.bias[...].astype(jnp.float32) - mean * a
         return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
+
+    def _update_running(self, mean: jax.Array, unbiased_var: jax.Array) -> None:
+        m = self.momentum
+        # `set_value`, not `self.mean[...] = ...`: the indexed form compares the new value's
+        # sharding, which on a tracer builds an error message by walking the whole trace
+        # (flax 0.12 `Variable.set_value(index=...)`): 90 of the 120 s of tracing W32.
+        self.mean.set_value((1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean))
+        self.var.set_value((1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased_var))
 
 
 class LayerNorm(nnx.Module):
