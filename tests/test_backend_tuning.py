@@ -234,7 +234,9 @@ def test_fused_batchnorm_bfloat16_close_to_float32(switches):
     g = jnp.asarray(rng.standard_normal((4, 6, 5, 8)), jnp.float32)
     reference = _batchnorm_step(x, g, fused=False)
     low = _batchnorm_step(x.astype(jnp.bfloat16), g, fused=True, dtype=jnp.bfloat16)
-    assert np.dtype(low[-1].dtype) == np.float32             # converted above; the gradient itself is bf16
+    dx = jax.grad(lambda v: jnp.sum(batch_norm_train(v, jnp.ones(8), jnp.zeros(8), 1e-5, jnp.bfloat16)[0]
+                                    .astype(jnp.float32)))(x.astype(jnp.bfloat16))
+    assert dx.dtype == jnp.bfloat16                          # the input gradient keeps the input's dtype
     for a, b in zip(low[3:], reference[3:]):                 # gradients within bfloat16 rounding
         np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * float(np.abs(b).max()))
 

@@ -53,8 +53,7 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     (`benchmarks/NOTES.md`). The mean and variance outputs feed the running statistics; their
     cotangents are ignored (callers stop their gradient). Reverse mode only (`jax.custom_vjp`).
     """
-    stats = _batch_stats(x, scale, bias, epsilon)
-    return _normalize(x, stats, dtype), stats[0], stats[4]
+    return _batch_norm_fwd(x, scale, bias, epsilon, dtype)[0]
 
 
 def _batch_norm_fwd(x, scale, bias, epsilon, dtype):
@@ -123,28 +122,21 @@ class BatchNorm(nnx.Module):
         dtype = self.dtype or x.dtype
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
-        elif backend_tuning.cpu_fused_batchnorm_enabled():
+            a = self.scale[...].astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+            b = self.bias[...].astype(jnp.float32) - mean * a
+            return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
+        if backend_tuning.cpu_fused_batchnorm_enabled():
             y, mean, unbiased = batch_norm_train(x, self.scale[...], self.bias[...], self.epsilon, dtype)
-            self._update_running(mean, unbiased)
-            return y
-        else:
-            axes = tuple(range(x.ndim - 1))
-            xf = x.astype(jnp.float32)
-            mean = jnp.mean(xf, axes)
-            var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
-            n = x.size // x.shape[-1]
-            self._update_running(mean, var * (n / max(n - 1, 1)))
-        a = self.scale[...].astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
-        b = self.bias[...].astype(jnp.float32) - mean * a
-        return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
-
-    def _update_running(self, mean: jax.Array, unbiased_var: jax.Array) -> None:
+        else:  # the same statistics, differentiated by autodiff
+            stats = _batch_stats(x, self.scale[...], self.bias[...], self.epsilon)
+            y, mean, unbiased = _normalize(x, stats, dtype), stats[0], stats[4]
         m = self.momentum
         # `set_value`, not `self.mean[...] = ...`: the indexed form compares the new value's
         # sharding, which on a tracer builds an error message by walking the whole trace
         # (flax 0.12 `Variable.set_value(index=...)`): 90 of the 120 s of tracing W32.
         self.mean.set_value((1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean))
-        self.var.set_value((1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased_var))
+        self.var.set_value((1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased))
+        return y
 
 
 class LayerNorm(nnx.Module):
