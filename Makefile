@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
-# glibc backs XLA:CPU's large per-step buffers with huge pages (psa_jax/training/host_memory.py).
+# glibc backs XLA:CPU's large per-step buffers with huge pages (psa_jax/runtime/host_memory.py).
 HOST_ENV ?= GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 
 demo: venv

@@ -31,13 +31,10 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from peer_io import emit, peak_rss_mb, rss_now_mb  # noqa: E402  (benchmarks/, this script's folder)
 
@@ -68,7 +65,7 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--no_trim", action="store_true", help="do not return the compiler's freed heap to the OS")
     p.add_argument("--keep_caches", action="store_true",
                    help="skip jax.clear_caches() after compiling the train step (train.py clears them)")
-    from psa_jax.training.xla_flags import CPU_SCHEDULERS  # imports no JAX
+    from psa_jax.runtime.xla_flags import CPU_SCHEDULERS  # imports no JAX
     p.add_argument("--cpu_scheduler", default="memory", choices=sorted(CPU_SCHEDULERS),
                    help="XLA:CPU HLO scheduler of the train step (train.py: config.cpu_scheduler)")
     p.add_argument("--compile_only", action="store_true", help="stop after compiling the train step")
@@ -219,13 +216,13 @@ def device_peak_mb() -> float | None:
 
 
 def apply_tuning(args: argparse.Namespace) -> dict:
-    """XLA flags (before the backend starts) and the backend_tuning switches for `--tuning` etc."""
+    """XLA flags (before the backend starts) and the xla_cpu switches for `--tuning` etc."""
     plain = args.tuning == "plain"
-    from psa_jax.training.xla_flags import configure_xla  # imports no JAX backend
+    from psa_jax.runtime.xla_flags import configure_xla  # imports no JAX backend
     xla = configure_xla(cpu_onednn=not (plain or args.no_onednn), cache_dir=args.cache_dir)
-    from psa_jax.layers import backend_tuning
-    backend_tuning.set_cpu_materialization(not (plain or args.no_materialize))
-    backend_tuning.set_cpu_phase_vjp(not (plain or args.no_phase_vjp))
+    from psa_jax.layers import xla_cpu
+    xla_cpu.set_cpu_materialization(not (plain or args.no_materialize))
+    xla_cpu.set_cpu_phase_vjp(not (plain or args.no_phase_vjp))
     return xla
 
 
@@ -237,7 +234,7 @@ def main(argv=None) -> dict:
     import numpy as np
     from flax import nnx
 
-    from psa_jax.layers import backend_tuning
+    from psa_jax.layers import xla_cpu
     from psa_jax.models.summary import summary
 
     model, images, target, kind, loss_on_outputs = build_case(args)
@@ -247,13 +244,13 @@ def main(argv=None) -> dict:
                     "input": f"{h}x{w}", "dtype": args.dtype, "tuning": args.tuning,
                     "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
                     "xla_flags": xla["xla_flags"], "jax": jax.__version__,
-                    "materialize": backend_tuning.cpu_materialization_enabled(),
+                    "materialize": xla_cpu.cpu_materialization_enabled(),
                     "flat_state": not args.state_pytree, "optimizer": args.optimizer, "step": args.step}
-    result["phase_vjp"] = backend_tuning.cpu_phase_vjp_enabled()
+    result["phase_vjp"] = xla_cpu.cpu_phase_vjp_enabled()
 
     if args.mode in ("both", "train"):
         result["rss_before_compile_mb"] = rss_now_mb()
-        from psa_jax.training.xla_flags import cpu_compiler_options
+        from psa_jax.runtime.xla_flags import cpu_compiler_options
         options = cpu_compiler_options(args.cpu_scheduler, platform=jax.default_backend())
         result["compiler_options"] = options
         if args.step == "trainer":
@@ -269,7 +266,7 @@ def main(argv=None) -> dict:
         result.update(trace_s=t1 - t0, xla_compile_s=t2 - t1, compile_s=t2 - t0, compile_cpu_s=time.process_time() - c0,
                       rss_after_compile_mb=peak_rss_mb())
         if not args.no_trim:
-            from psa_jax.training.host_memory import trim_host_memory
+            from psa_jax.runtime.host_memory import trim_host_memory
             del lowered
             if not args.keep_caches:
                 jax.clear_caches()

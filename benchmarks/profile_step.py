@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax_peer  # noqa: E402
 

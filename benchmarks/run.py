@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from psa_jax.training.host_memory import HUGE_PAGE_ENV
+from psa_jax.runtime.host_memory import HUGE_PAGE_ENV
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -64,7 +64,7 @@ ACCEL_CASES = [
     ("pose_w48", "psa_s", 32, "384x288", True, 20),
     ("seg_w48_ocr", "psa_s", 4, "512x1024", True, 10),
 ]
-# Both frameworks' processes get the huge-page environment (`psa_jax.training.host_memory`):
+# Both frameworks' processes get the huge-page environment (`psa_jax.runtime.host_memory`):
 # it removes XLA:CPU's per-step page faults on its temp buffer; PyTorch's speed does not change
 # with it (benchmarks/NOTES.md). It must be in the environment when a process starts.
 HOST_ENV = dict(HUGE_PAGE_ENV)

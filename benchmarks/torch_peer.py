@@ -7,12 +7,12 @@ The peer is an implementation written elsewhere: timm's `hrnet_w32` / `hrnet_w48
 (`timm/models/hrnet.py`, features of the highest-resolution stage-4 branch, `out_indices=(1,)`)
 with a 1x1 conv (+bias) to 17 heatmaps, as the pose HRNet's `final_layer`. With `--attention
 psa_p|psa_s` the official PSA (`DeLightCMU/PSA: semantic-segmentation/network/PSA.py`, re-created
-in `tests/torch_reference/psa.py` and checked there against NumPy) is inserted after
+in `psa_jax/torch_reference/psa.py` and checked there against NumPy) is inserted after
 conv1-BN-ReLU of every stage 2-4 BasicBlock, through the block's `aa` slot, which timm's
 `BasicBlock.forward` applies right after `act1` (104 blocks in W32).
 
 `--model seg_w48_ocr`: HRNetV2-W48-OCR (HRNet-Seg `seg_hrnet_ocr.py`) as re-created in
-`tests/torch_reference/hrnet_seg.py` (`HRNetOCRSeg`, the module structure the parity tests check
+`psa_jax/torch_reference/hrnet_seg.py` (`HRNetOCRSeg`, the module structure the parity tests check
 ours against; no independent PyTorch implementation of it is installable here), pixel
 cross-entropy on the OCR logits at 1/4 resolution, as `jax_peer.py`.
 
@@ -35,12 +35,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # torch_reference: the repo's re-creation of the official PSA
 
 from peer_io import emit, peak_rss_mb  # noqa: E402  (benchmarks/, this script's folder)
 
@@ -74,7 +72,7 @@ def build_peer(width: int, attention: str, num_keypoints: int = 17):
                               out_indices=(1,))
     inserted = 0
     if attention != "none":
-        from torch_reference.psa import make_psa
+        from psa_jax.torch_reference.psa import make_psa
         for stage in (trunk.stage2, trunk.stage3, trunk.stage4):
             for module in stage.modules():
                 if isinstance(module, BasicBlock):
@@ -139,7 +137,7 @@ def main(argv=None) -> dict:
         model, inserted = build_peer(int(width[1:]), args.attention)
         target = torch.zeros(args.batch, 17, h // 4, w // 4)
     else:
-        from torch_reference.hrnet_seg import HRNetOCRSeg
+        from psa_jax.torch_reference.hrnet_seg import HRNetOCRSeg
         model = HRNetOCRSeg(num_classes=19, width=48, attention=None if args.attention == "none" else args.attention)
         inserted = 0 if args.attention == "none" else sum(1 for m in model.modules() if type(m).__name__.startswith("PSA"))
         target = torch.randint(0, 19, (args.batch, -(-h // 4), -(-w // 4)))

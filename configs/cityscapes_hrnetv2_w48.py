@@ -5,7 +5,7 @@ SGD 0.01 (momentum 0.9, wd 5e-4), poly 0.9 per iteration, 484 epochs, 12 images 
 class-weighted cross entropy, bilinear upsampling with align_corners=True.
 """
 
-from psa_jax.training.config_base import seg_config
+from psa_jax.training.config_schema import seg_config
 
 
 def get_config():

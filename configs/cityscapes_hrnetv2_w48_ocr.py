@@ -5,7 +5,7 @@ seg_hrnet_ocr_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml; auxiliar
 The OCR head has NVIDIA's module layout (psa_jax.models.ocr), so NVIDIA OCR checkpoints load.
 """
 
-from psa_jax.training.config_base import seg_config
+from psa_jax.training.config_schema import seg_config
 
 
 def get_config():

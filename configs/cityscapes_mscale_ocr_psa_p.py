@@ -1,13 +1,13 @@
 r"""HRNetV2-OCR + PSA_p (NVIDIA HRNet_Mscale): 86.95 Cityscapes val mIoU reported by DeLightCMU/PSA.
 
-Network and recipe: `psa_jax.training.config_base.nvidia_mscale_psa_config`.
+Network and recipe: `psa_jax.training.config_schema.nvidia_mscale_psa_config`.
 
-    python -m psa_jax.convert PSA_p.pth /ckpt/psa_p --config=configs/cityscapes_mscale_ocr_psa_p.py
+    python -m psa_jax.tools.convert PSA_p.pth /ckpt/psa_p --config=configs/cityscapes_mscale_ocr_psa_p.py
     python eval.py --config=configs/cityscapes_mscale_ocr_psa_p.py --workdir=/ckpt/psa_p \
         --config.data.manual_dir=/data/cityscapes --step=latest
 """
 
-from psa_jax.training.config_base import nvidia_mscale_psa_config
+from psa_jax.training.config_schema import nvidia_mscale_psa_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ Adam 1e-3 without weight decay, x0.1 at epochs 170 and 200, 210 epochs, 32 image
     python train.py --config=configs/coco_w32_256x192.py --workdir=... --config.data.manual_dir=/data/coco
 """
 
-from psa_jax.training.config_base import pose_config
+from psa_jax.training.config_schema import pose_config
 
 
 def get_config():

@@ -4,7 +4,7 @@ Source: leoxiaobin/deep-high-resolution-net.pytorch experiments/coco/hrnet/w48_3
 (24 images x 4 GPUs).
 """
 
-from psa_jax.training.config_base import pose_config
+from psa_jax.training.config_schema import pose_config
 
 
 def get_config():

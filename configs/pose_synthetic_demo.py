@@ -9,7 +9,7 @@ pycocotools AP with ground-truth and detector boxes.
     python train.py --workdir=workdirs/demo_none --config.model.attention=none
 """
 
-from psa_jax.training.config_base import pose_config
+from psa_jax.training.config_schema import pose_config
 
 
 def get_config():

@@ -8,7 +8,7 @@ the HRNet-Seg loss, whole-image inference and the confusion-matrix mIoU.
     python train.py --config=configs/seg_synthetic_demo.py --workdir=workdirs/seg_demo
 """
 
-from psa_jax.training.config_base import seg_config
+from psa_jax.training.config_schema import seg_config
 
 
 def get_config():

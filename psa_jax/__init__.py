@@ -1,7 +1,7 @@
 """psa_jax: Polarized Self-Attention and HRNet in JAX / Flax NNX (NHWC).
 
 What importers use, by name (each loaded on first access, so that `import psa_jax` neither imports
-JAX nor initialises a backend: `psa_jax.training.xla_flags.configure_xla` can still run first):
+JAX nor initialises a backend: `psa_jax.runtime.xla_flags.configure_xla` can still run first):
 
     from psa_jax import PolarizedSelfAttention, PSA_p, PSA_s, pose_hrnet, seg_hrnet, from_torch
 

@@ -10,7 +10,7 @@ from psa_jax.data.cityscapes import LABEL_ID_TO_TRAIN_ID
 from psa_jax.data.fake_cityscapes import SCENE_LABEL_IDS, fake_scene, synthetic_records, write_fake_cityscapes
 from psa_jax.data.seg_pipeline import SegAugmentConfig, SegTrainTransform
 from psa_jax.evaluation.seg_evaluator import evaluate_segmentation
-from psa_jax.training.seg_losses import cross_entropy
+from psa_jax.tasks.seg_losses import cross_entropy
 
 
 def test_fake_scene_is_deterministic_and_uses_known_ids():

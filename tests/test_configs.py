@@ -13,8 +13,8 @@ from psa_jax.evaluation.seg_evaluator import MODES
 from psa_jax.models import count_params
 from psa_jax.models.hrnet import hrnet_spec
 from psa_jax.models.options import model_options
-from psa_jax.training.pose_task import compute_dtype
-from psa_jax.training.task import get_task
+from psa_jax.tasks.common import compute_dtype
+from psa_jax.tasks.registry import get_task
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 

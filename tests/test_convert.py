@@ -6,9 +6,9 @@ import torch
 from psa_jax.convert import ConversionError
 from psa_jax.convert.pytorch_checkpoints import load_imagenet_backbone, load_pytorch, read_state_dict
 from psa_jax.models import pose_hrnet, seg_hrnet
-from torch_reference import randomize_
-from torch_reference.hrnet_cls import HEAD_PREFIXES, HRNetCls
-from torch_reference.psa import make_psa
+from psa_jax.torch_reference import randomize_
+from psa_jax.torch_reference.hrnet_cls import HEAD_PREFIXES, HRNetCls
+from psa_jax.torch_reference.psa import make_psa
 
 
 @pytest.fixture(scope="module")

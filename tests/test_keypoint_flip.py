@@ -4,7 +4,7 @@ import pytest
 
 from psa_jax.data.pose_pipeline import build_coco_keypoints, flip_joints_in_crop, make_eval_data
 from psa_jax.data.pose_targets import PoseCodec
-from psa_jax.evaluation.flip_test import (
+from psa_jax.evaluation.flip_averaging import (
     average_with_flipped, default_shift_heatmap, flip_back, flip_images, flip_test)
 from psa_jax.evaluation.keypoint_decoding import decode_heatmaps
 

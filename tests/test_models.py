@@ -171,7 +171,7 @@ def test_w32_pose_train_step_lowers_with_a_batch_sharded_over_devices():
     XLA:CPU's compilation of this program takes minutes on 2 cores, so the test stops at the
     lowered program; `benchmarks/run.py` compiles and runs it (and reports the compile time).
     """
-    from psa_jax.training.pose_losses import joints_mse_loss
+    from psa_jax.tasks.pose_losses import joints_mse_loss
     from psa_jax.training.train_step import make_mesh, make_train_step, state_shardings
 
     model = pose_hrnet(32, attention="psa_p")

@@ -8,16 +8,15 @@ whole graph.
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
 import jax.numpy as jnp
 
 from psa_jax.convert import from_torch
 from psa_jax.models import mscale_ocr, pose_hrnet, pose_resnet, seg_hrnet
-from torch_reference import randomize_
-from torch_reference.hrnet_pose import PoseHighResolutionNet
-from torch_reference.hrnet_seg import HRNetV2Seg, HRNetV2Trunk, MscaleOCR, OCRBlock
-from torch_reference.resnet_pose import PoseResNet
+from psa_jax.torch_reference import randomize_
+from psa_jax.torch_reference.hrnet_pose import PoseHighResolutionNet
+from psa_jax.torch_reference.hrnet_seg import HRNetV2Seg, HRNetV2Trunk, MscaleOCR, OCRBlock
+from psa_jax.torch_reference.resnet_pose import PoseResNet
 
 TOL = 1e-4
 

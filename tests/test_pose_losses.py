@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from psa_jax.training.pose_losses import joints_mse_loss
+from psa_jax.tasks.pose_losses import joints_mse_loss
 
 
 class _JointsMSELoss(torch.nn.Module):

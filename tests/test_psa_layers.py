@@ -18,8 +18,8 @@ from psa_jax.layers import (
     spatial_only,
 )
 from psa_jax.models import count_params
-from torch_reference import randomize_
-from torch_reference.psa import make_psa, paper_psa_numpy, random_paper_weights
+from psa_jax.torch_reference import randomize_
+from psa_jax.torch_reference.psa import make_psa, paper_psa_numpy, random_paper_weights
 
 SHAPES = [(1, 16, 8, 8), (2, 32, 7, 5), (3, 8, 1, 1), (2, 48, 13, 17)]
 

@@ -1,4 +1,4 @@
-"""Self-checks of the PyTorch reference networks in tests/torch_reference (parity references).
+"""Self-checks of the PyTorch reference networks in psa_jax/torch_reference (parity references).
 
 Exact numbers come from independent sources: published/independently counted parameter totals
 (pose_and_seg_recipes.md A2, HRNet-Image-Classification README), the closed-form PSA block sizes
@@ -14,8 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch_reference import count_params, randomize_  # noqa: E402
-from torch_reference import hrnet_cls, hrnet_pose, hrnet_seg, psa, resnet_pose  # noqa: E402
+from psa_jax.torch_reference import count_params, randomize_  # noqa: E402
+from psa_jax.torch_reference import hrnet_cls, hrnet_pose, hrnet_seg, psa, resnet_pose  # noqa: E402
 
 W48_PSA_BLOCKS = {48: 32, 96: 32, 192: 28, 384: 12}  # psa_module.md 5.1: 104 blocks
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 from psa_jax.layers import PolarizedSelfAttention
 from psa_jax.layers.norm import BatchNorm
-from psa_jax.training import xla_flags
+from psa_jax.runtime import xla_flags
 from psa_jax.training.train_step import make_mesh, make_train_step, state_shardings
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import eval as eval_script
-import train as train_script
+from psa_jax.training import evaluate as eval_script
+from psa_jax.training import loop as train_script
 from psa_jax.models.hrnet import HRNET_SPECS, HRNetSpec, StageSpec
 from psa_jax.training.checkpointing import Checkpointer, CheckpointError, abstract_like
 from psa_jax.training.train_step import make_mesh, state_shardings
@@ -69,7 +69,7 @@ def tiny_config(data_dir, **overrides):
 
 
 def _restore_model(config, workdir, step="latest"):
-    from psa_jax.training.task import get_task
+    from psa_jax.tasks.registry import get_task
     task = get_task(config, workdir)
     _, state = nnx.split(task.build_model(nnx.Rngs(0)))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), best_metric="AP")
@@ -182,10 +182,10 @@ def test_converted_pytorch_checkpoint_restores_and_predicts_like_the_source(tmp_
     import torch
 
     from psa_jax.convert.__main__ import main as convert_main
-    from psa_jax.training.task import get_task
+    from psa_jax.tasks.registry import get_task
     from psa_jax.training.train_step import host_predict_fn, make_forward
-    from torch_reference import randomize_
-    from torch_reference.hrnet_pose import PoseHighResolutionNet
+    from psa_jax.torch_reference import randomize_
+    from psa_jax.torch_reference.hrnet_pose import PoseHighResolutionNet
 
     ref = randomize_(PoseHighResolutionNet(width=18, attention="psa_p"), seed=7).eval()
     src = tmp_path / "pose_w18_psa_p.pth"

@@ -250,7 +250,7 @@ def cityscapes_data_source(split: str, data_dir: str | os.PathLike):
     if not _is_prepared(builder):
         raise CityscapesNotFoundError(
             f"the Cityscapes dataset is not prepared in {data_dir}: run "
-            f"`python -m psa_jax.data.check_cityscapes --manual_dir <folder with the zips> "
+            f"`python -m psa_jax.tools.check_cityscapes --manual_dir <folder with the zips> "
             f"--data_dir {data_dir}` first")
     return tfds.data_source(
         BUILDER_NAME, split=split, data_dir=os.fspath(data_dir), download=False,
@@ -516,7 +516,7 @@ class CachedCityscapesRecords(Sequence):
             raise CityscapesNotFoundError(
                 f"no Cityscapes training cache for split '{split}' in {cache_dir} (expected "
                 f"{data_path.name} and {meta_path.name}); build it with `python -m "
-                f"psa_jax.data.check_cityscapes --manual_dir ... --data_dir ... --cache_dir {cache_dir}`")
+                f"psa_jax.tools.check_cityscapes --manual_dir ... --data_dir ... --cache_dir {cache_dir}`")
         self.meta = json.loads(meta_path.read_text())
         self._source = grain.sources.ArrayRecordDataSource([os.fspath(data_path)])
         if len(self._source) != self.meta["num_records"]:

@@ -114,7 +114,7 @@ def load_builder(data_dir: str | os.PathLike, *, config: Any = "2017"):
         raise FileNotFoundError(
             f"coco_keypoints is not prepared in {data_dir} (looked in {builder.data_dir}); build it first "
             "with psa_jax.data.pose_pipeline.build_coco_keypoints(manual_dir, data_dir) or "
-            "python -m psa_jax.data.check_keypoints --manual_dir DIR --data_dir DATA_DIR")
+            "python -m psa_jax.tools.check_keypoints --manual_dir DIR --data_dir DATA_DIR")
     return builder
 
 

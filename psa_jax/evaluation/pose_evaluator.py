@@ -14,7 +14,7 @@ process computes the same COCO stats (process 0 writes the results json).
 
 `evaluate_ground_truth` replaces the model by heatmaps rendered from the ground-truth joints
 with the codec's own target encoder (and, for the flip test, from the mirrored joints): a
-data/codec check that should give AP close to 1 (see `psa_jax.data.check_keypoints`).
+data/codec check that should give AP close to 1 (see `psa_jax.tools.check_keypoints`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from psa_jax.data import pipeline
 from psa_jax.data.pose_pipeline import PoseEvalData, flip_joints_in_crop, make_eval_data
 from psa_jax.data.pose_transforms import COCO_FLIP_PAIRS
 from psa_jax.evaluation.coco_eval import coco_keypoint_eval, keypoint_results, write_results_json
-from psa_jax.evaluation.flip_test import average_with_flipped, default_shift_heatmap, flip_images
+from psa_jax.evaluation.flip_averaging import average_with_flipped, default_shift_heatmap, flip_images
 from psa_jax.evaluation.keypoint_decoding import keypoints_from_heatmaps
 from psa_jax.evaluation.oks_nms import OKS_NMS_THRESHOLD
 

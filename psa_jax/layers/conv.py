@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from psa_jax.layers import initializers as inits
-from psa_jax.layers.backend_tuning import cpu_phase_vjp_enabled
+from psa_jax.layers.xla_cpu import cpu_phase_vjp_enabled
 from psa_jax.layers.mac_counter import record_conv_macs
 
 __all__ = ["Conv2d", "ConvTranspose2d", "conv2d"]
@@ -21,7 +21,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -
     """`y[b, i, j, o] = sum_{u, v, c} x_pad[b, s*i + u, s*j + v, c] * kernel[u, v, c, o]`.
 
     On XLA:CPU a strided convolution gets its input gradient from `_phase_conv_input_grad`
-    (`psa_jax.layers.backend_tuning.set_cpu_phase_vjp`); values and gradients are the same.
+    (`psa_jax.layers.xla_cpu.set_cpu_phase_vjp`); values and gradients are the same.
 
     Args:
       x: (B, H, W, C_in).

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psa_jax.layers import backend_tuning
+from psa_jax.layers import xla_cpu
 from psa_jax.layers import initializers as inits
 
 __all__ = ["BatchNorm", "LayerNorm", "batch_norm_train"]
@@ -88,7 +88,7 @@ class BatchNorm(nnx.Module):
     batch-sharded input the statistics are over the global batch (SyncBN); there is no
     `axis_name`. `model.eval()` / `model.train()` switch the mode. On XLA:CPU, training mode runs
     `batch_norm_train` (same numbers, a hand-written backward pass in fewer kernels; switch:
-    `backend_tuning.set_cpu_fused_batchnorm`).
+    `xla_cpu.set_cpu_fused_batchnorm`).
 
     Parameters: `scale`, `bias` (C,) (PyTorch `weight`, `bias`); batch stats `mean`, `var` (C,)
     (PyTorch `running_mean`, `running_var`).
@@ -125,7 +125,7 @@ class BatchNorm(nnx.Module):
             a = self.scale[...].astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
             b = self.bias[...].astype(jnp.float32) - mean * a
             return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
-        if backend_tuning.cpu_fused_batchnorm_enabled():
+        if xla_cpu.cpu_fused_batchnorm_enabled():
             y, mean, unbiased = batch_norm_train(x, self.scale[...], self.bias[...], self.epsilon, dtype)
         else:  # the same statistics, differentiated by autodiff
             stats = _batch_stats(x, self.scale[...], self.bias[...], self.epsilon)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from psa_jax.layers import initializers as inits
-from psa_jax.layers.backend_tuning import materialize
+from psa_jax.layers.xla_cpu import materialize
 from psa_jax.layers.conv import Conv2d
 from psa_jax.layers.norm import BatchNorm
 from psa_jax.layers.registry import make_attention
@@ -99,7 +99,7 @@ class BasicBlock(nnx.Module):
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         # CPU only: a buffer boundary, else XLA:CPU re-fuses the residual stream's whole
-        # add/ReLU chain into every consumer (`psa_jax.layers.backend_tuning.materialize`).
+        # add/ReLU chain into every consumer (`psa_jax.layers.xla_cpu.materialize`).
         return materialize(jax.nn.relu(out + shortcut))
 
 
@@ -135,5 +135,5 @@ class Bottleneck(nnx.Module):
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         # CPU only: a buffer boundary, else XLA:CPU re-fuses the residual stream's whole
-        # add/ReLU chain into every consumer (`psa_jax.layers.backend_tuning.materialize`).
+        # add/ReLU chain into every consumer (`psa_jax.layers.xla_cpu.materialize`).
         return materialize(jax.nn.relu(out + shortcut))

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psa_jax.layers.backend_tuning import materialize
+from psa_jax.layers.xla_cpu import materialize
 from psa_jax.layers.resize import resize_bilinear, upsample_nearest
 from psa_jax.models.blocks import BasicBlock, Bottleneck, ConvBN, ModelOptions
 

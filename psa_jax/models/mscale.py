@@ -69,7 +69,7 @@ class MscaleOCR(nnx.Module):
 
     Forward (training mode): `two_scale(images)`, a dict of (B, H, W, K) logits:
     'pred' (joint), 'aux' (joint auxiliary), 'pred_lo' (0.5x prediction resized to 1x),
-    'pred_hi' (1x prediction) — the inputs of the NVIDIA/PSA loss (`psa_jax.training.seg_losses`).
+    'pred_hi' (1x prediction) — the inputs of the NVIDIA/PSA loss (`psa_jax.tasks.seg_losses`).
     Forward (eval mode, `model.eval()`): `nscale(images, eval_scales)`, logits (B, H, W, K).
 
     Args:

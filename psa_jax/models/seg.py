@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psa_jax.layers.conv import Conv2d
 from psa_jax.models.blocks import ModelOptions
 from psa_jax.models.hrnet import HRNetBackbone, HRNetSpec, concat_branches, hrnet_spec
 from psa_jax.models.ocr import OCRNet

@@ -4,7 +4,7 @@ Layout of `WORKDIR/checkpoints/<step>/`:
 
 | item | what | written by |
 | --- | --- | --- |
-| `model` | `nnx.state(model)`: parameters and BatchNorm statistics | train.py, `python -m psa_jax.convert` |
+| `model` | `nnx.state(model)`: parameters and BatchNorm statistics | train.py, `python -m psa_jax.tools.convert` |
 | `opt` | `nnx.state(optimizer)`: step count and moments | train.py |
 | `data` | the grain iterator position of this process | train.py |
 | `meta` | JSON: the config, step, metrics, provenance | all |
@@ -91,7 +91,7 @@ class Checkpointer:
         steps = self.all_steps()
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}: train first, or convert a PyTorch "
-                                  "checkpoint with `python -m psa_jax.convert SRC.pth WORKDIR --config CONFIG`")
+                                  "checkpoint with `python -m psa_jax.tools.convert SRC.pth WORKDIR --config CONFIG`")
         if step in (None, "latest"):
             return self.latest_step()
         if step == "best":

@@ -1,7 +1,7 @@
 """Initialising a freshly built network from `config.init` (before training or evaluation).
 
 * `init.checkpoint`: an orbax checkpoint directory written by train.py or by
-  `python -m psa_jax.convert` (its `model` item; the latest step).
+  `python -m psa_jax.tools.convert` (its `model` item; the latest step).
 * `init.pytorch`: a PyTorch file, with `init.pytorch_layout` 'imagenet' (HRNet classifier weights
   into the backbone, the reference recipes' starting point) or 'network' (a whole network of the
   same layout, e.g. an official PSA Cityscapes checkpoint for fine-tuning).

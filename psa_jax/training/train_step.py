@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["make_mesh", "state_shardings", "make_train_step", "make_forward", "host_predict_fn", "LossFn"]
+__all__ = ["make_mesh", "mesh_platform", "state_shardings", "data_sharding", "make_train_step", "make_forward", "host_predict_fn", "LossFn"]
 
 # (model outputs, batch) -> (scalar loss, dict of scalar metrics)
 LossFn = Callable[[Any, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
@@ -57,6 +57,11 @@ def state_shardings(state: Any, mesh: jax.sharding.Mesh, *, shard_params: bool =
         return NamedSharding(mesh, P())
 
     return jax.tree.map(spec, state)
+
+
+def mesh_platform(mesh: jax.sharding.Mesh) -> str:
+    """The platform ('cpu', 'gpu', 'tpu') of the devices a program on `mesh` runs on."""
+    return mesh.devices.flat[0].platform
 
 
 def data_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -25,7 +25,7 @@ when neither split can be built. Build::
         manual_dir=MANUAL_DIR, try_download_gcs=False))
 
 or `psa_jax.data.pose_pipeline.build_coco_keypoints(manual_dir, data_dir)`, or
-`python -m psa_jax.data.check_keypoints --manual_dir DIR --data_dir DATA_DIR` (builds, then checks).
+`python -m psa_jax.tools.check_keypoints --manual_dir DIR --data_dir DATA_DIR` (builds, then checks).
 (The `tfds build` command-line tool needs apache_beam, which psa_jax does not install.) Splits
 of more than 1 GiB (COCO train) need TensorFlow installed at build time (tfds's shuffler spills
 through `tf.io.gfile`); reading never needs it. Every image is decoded once while building to

@@ -1,8 +1,8 @@
 r"""Converts a PyTorch checkpoint into an orbax checkpoint that eval.py (or train.py's
 `config.init.checkpoint`) restores.
 
-    python -m psa_jax.convert psa_p.pth /ckpt/psa_p --config=configs/cityscapes_mscale_ocr_psa_p.py
-    python -m psa_jax.convert hrnet_w32-36af842e.pth /ckpt/w32_imagenet --config=configs/coco_w32_256x192.py \
+    python -m psa_jax.tools.convert psa_p.pth /ckpt/psa_p --config=configs/cityscapes_mscale_ocr_psa_p.py
+    python -m psa_jax.tools.convert hrnet_w32-36af842e.pth /ckpt/w32_imagenet --config=configs/coco_w32_256x192.py \
         --layout=imagenet
 
 The network is built from the config (`config.model`), the weights are loaded by key name with
@@ -33,7 +33,7 @@ def _load_config(path: str, overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m psa_jax.convert", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m psa_jax.tools.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="PyTorch checkpoint (.pth/.pt) or .npz of arrays")
     parser.add_argument("workdir", help="output directory (checkpoints/0 is written there)")
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from psa_jax.convert.from_torch import ConversionError
     from psa_jax.convert.pytorch_checkpoints import load_pytorch
     from psa_jax.training.checkpointing import Checkpointer
-    from psa_jax.training.task import get_task
+    from psa_jax.tasks.registry import get_task
 
     config = _load_config(args.config, args.set)
     task = get_task(config, args.workdir)

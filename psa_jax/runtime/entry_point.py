@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from psa_jax.training import xla_flags
+from psa_jax.runtime import xla_flags
 
 __all__ = ["start_process"]
 

@@ -16,7 +16,7 @@ its docstring:
 
 This file only holds two helpers used everywhere: :func:`randomize_` (non-trivial random weights
 and BN statistics for parity tests) and :func:`count_params`. It deliberately imports no
-sub-module, so ``from torch_reference import hrnet_seg`` stays cheap.
+sub-module, so ``from psa_jax.torch_reference import hrnet_seg`` stays cheap.
 """
 from __future__ import annotations
 

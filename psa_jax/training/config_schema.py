@@ -32,7 +32,7 @@ def common_config() -> mlc.ConfigDict:
                                      warmup_ratio=0.001))
     c.checkpoint = mlc.ConfigDict(dict(keep_latest=2, keep_best=1, async_save=True))
     c.mesh = mlc.ConfigDict(dict(data=-1, model=1, shard_params=False))
-    # Initialisation: an orbax checkpoint written by train.py or `python -m psa_jax.convert`
+    # Initialisation: an orbax checkpoint written by train.py or `python -m psa_jax.tools.convert`
     # (model weights only), or a PyTorch file (`pytorch_layout`: 'imagenet' loads an ImageNet
     # HRNet classifier into the backbone; 'network' loads a whole network of the same layout).
     c.init = mlc.ConfigDict(dict(checkpoint="", pytorch="", pytorch_layout="imagenet"))

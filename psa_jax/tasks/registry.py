@@ -1,7 +1,14 @@
-"""What train.py and eval.py need from a task (pose or segmentation), and the registry."""
+"""What the training loop and the evaluator need from a task, and the registry of tasks.
+
+Adding a task: write its module (a class with the `Task` members below) and add one line to
+`TASKS`. The loop reads everything task-specific through this protocol: which batch fields go
+to the device, which metric picks the best checkpoint and in which direction, how the model's
+outputs become a loss and an evaluation.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -11,17 +18,28 @@ import jax
 import numpy as np
 from flax import nnx
 
-__all__ = ["Task", "get_task", "resolve_data_dir", "run_on_process_zero"]
+__all__ = ["Task", "TASKS", "get_task"]
+
+# config.task -> "module:class". One line per task.
+TASKS: dict[str, str] = {
+    "pose": "psa_jax.tasks.pose:PoseTask",
+    "seg": "psa_jax.tasks.seg:SegTask",
+}
 
 
 class Task(Protocol):
     """A training/evaluation task.
 
     Attributes:
-      metric: the name of the model-selection metric in `evaluate`'s result ('AP', 'mIoU').
-      metric_mode: 'max' (both tasks).
+      name: the `config.task` value that selects it.
+      train_fields: the training batch's fields the train step needs on the device (the
+        pipeline's other fields stay on the host).
+      metric: the model-selection metric in `evaluate`'s result ('AP', 'mIoU').
+      metric_mode: 'max' or 'min': the direction in which `metric` is better.
     """
 
+    name: str
+    train_fields: tuple[str, ...]
     metric: str
     metric_mode: str
 
@@ -47,27 +65,10 @@ class Task(Protocol):
         """Scalar metrics (and tables) of `predict` on the validation split."""
 
 
-def resolve_data_dir(config: Any, workdir: str | os.PathLike) -> str:
-    """`config.data.data_dir`, or WORKDIR/data when empty."""
-    return config.data.data_dir or os.path.join(os.fspath(workdir), "data")
-
-
-def run_on_process_zero(fn: Callable[[], Any], tag: str) -> None:
-    """Runs `fn` on process 0 while the other processes wait (dataset preparation)."""
-    if jax.process_index() == 0:
-        fn()
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(tag)
-
-
 def get_task(config: Any, workdir: str | os.PathLike) -> Task:
-    """`config.task` ('pose' | 'seg') -> the task object."""
+    """`config.task` -> the task object (see `TASKS`)."""
     name = config.task
-    if name == "pose":
-        from psa_jax.training.pose_task import PoseTask
-        return PoseTask(config, workdir)
-    if name == "seg":
-        from psa_jax.training.seg_task import SegTask
-        return SegTask(config, workdir)
-    raise ValueError(f"config.task={name!r} is not one of 'pose', 'seg'")
+    if name not in TASKS:
+        raise ValueError(f"config.task={name!r} is not one of {sorted(TASKS)}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(config, workdir)

@@ -1,6 +1,6 @@
 """Data-setup check for COCO-format person keypoints: build, encode ground truth, decode, evaluate.
 
-    python -m psa_jax.data.check_keypoints --manual_dir DIR [--data_dir OUT] [--split validation]
+    python -m psa_jax.tools.check_keypoints --manual_dir DIR [--data_dir OUT] [--split validation]
         [--codec udp|dark|msra] [--boxes gt|det] [--input 256x192] [--flip_test]
         [--results results.json] [--visualize PNG_DIR]
 
@@ -37,7 +37,7 @@ def _input_size(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m psa_jax.data.check_keypoints", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m psa_jax.tools.check_keypoints", description=__doc__.split("\n\n")[0])
     p.add_argument("--manual_dir", required=True, help="COCO-layout folder (annotations/, val2017/, ...)")
     p.add_argument("--data_dir", default=None,
                    help="where to build the tfds dataset (default: a temporary folder, deleted afterwards)")

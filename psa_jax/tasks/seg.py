@@ -26,9 +26,8 @@ from psa_jax.data.cityscapes import (CityscapesRecords, build_training_cache, ci
 from psa_jax.data.seg_pipeline import AUGMENT_PRESETS, cityscapes_records, seg_train_dataset
 from psa_jax.evaluation.seg_evaluator import evaluate_segmentation
 from psa_jax.models import mscale_ocr, seg_hrnet
-from psa_jax.training.pose_task import compute_dtype
-from psa_jax.training.seg_losses import CITYSCAPES_CLASS_WEIGHTS, hrnet_seg_loss, nvidia_mscale_loss
-from psa_jax.training.task import resolve_data_dir, run_on_process_zero
+from psa_jax.tasks.seg_losses import CITYSCAPES_CLASS_WEIGHTS, hrnet_seg_loss, nvidia_mscale_loss
+from psa_jax.tasks.common import compute_dtype, resolve_data_dir, run_on_process_zero
 
 __all__ = ["SegTask"]
 
@@ -39,6 +38,8 @@ _ALIGN = {"auto": None, "true": True, "false": False}
 class SegTask:
     """Cityscapes 19-class semantic segmentation."""
 
+    name = "seg"
+    train_fields = ("image", "label")
     metric = "mIoU"
     metric_mode = "max"
 
@@ -131,7 +132,7 @@ class SegTask:
 
     def forward(self, model: nnx.Module, images: jax.Array) -> jax.Array:
         if self.config.eval.mode == "mscale":
-            if not hasattr(model, "nscale"):
+            if self.config.model.name != "mscale_ocr":
                 raise ValueError("eval.mode='mscale' needs model.name='mscale_ocr'")
             return model.nscale(images, tuple(self.config.eval.scales)).astype(jnp.float32)
         out = model(images)

@@ -1,5 +1,5 @@
-"""CPU-only program shaping (`psa_jax.layers.backend_tuning`, the strided-conv phase VJP) against
-the plain path, and the XLA flag configuration of `psa_jax.training.xla_flags`.
+"""CPU-only program shaping (`psa_jax.layers.xla_cpu`, the strided-conv phase VJP) against
+the plain path, and the XLA flag configuration of `psa_jax.runtime.xla_flags`.
 
 Every workaround must be the identity on values and gradients: each test computes the same thing
 with the workaround switched on and off (or against NumPy) and compares."""
@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from psa_jax.layers import backend_tuning
-from psa_jax.layers.backend_tuning import materialize
+from psa_jax.layers import xla_cpu
+from psa_jax.layers.xla_cpu import materialize
 from psa_jax.layers.conv import Conv2d, _conv2d_phase_vjp, _conv2d_plain, _phase_conv_input_grad, conv2d
 from psa_jax.layers.norm import BatchNorm, batch_norm_train
-from psa_jax.training import xla_flags
+from psa_jax.runtime import xla_flags
 
 
 @pytest.fixture
 def switches():
     """Restores the module switches after a test flips them."""
-    saved = dict(backend_tuning._STATE)
-    yield backend_tuning
-    backend_tuning._STATE.update(saved)
+    saved = dict(xla_cpu._STATE)
+    yield xla_cpu
+    xla_cpu._STATE.update(saved)
 
 
 # ----------------------------------------------------------------------------------- materialize
@@ -168,7 +168,7 @@ def test_conv_module_gradients_same_with_and_without_workarounds(switches):
 
 def _batchnorm_step(x, g, *, fused: bool, dtype=None):
     """Training-mode BatchNorm on x: (sum(y * g), running mean, running var, d_scale, d_bias, dx)."""
-    backend_tuning.set_cpu_fused_batchnorm(fused)
+    xla_cpu.set_cpu_fused_batchnorm(fused)
     c = x.shape[-1]
     bn = BatchNorm(c, dtype=dtype)
     bn.scale.set_value(jnp.linspace(0.5, 2.0, c))
@@ -323,7 +323,7 @@ def test_configure_xla_in_fresh_process_adds_flags(tmp_path):
     import subprocess
     import sys
     code = ("import os; os.environ.pop('XLA_FLAGS', None)\n"
-            "from psa_jax.training.xla_flags import configure_xla\n"
+            "from psa_jax.runtime.xla_flags import configure_xla\n"
             f"info = configure_xla(platform='cpu', cache_dir={str(tmp_path / 'cache')!r})\n"
             "import jax, jax.numpy as jnp\n"
             "print(int(jnp.sum(jnp.arange(4))), info['added_flags'] == [] or 'onednn' in os.environ['XLA_FLAGS'],\n"

@@ -2,7 +2,7 @@
 
 Recipe facts (HRNet-pose, UDP-Pose) live in the configs; this file wires the pieces:
 `psa_jax.data.pose_pipeline` (builder, instance sources, transforms), `psa_jax.models`,
-`psa_jax.training.pose_losses.joints_mse_loss` and `psa_jax.evaluation.pose_evaluator`.
+`psa_jax.tasks.pose_losses.joints_mse_loss` and `psa_jax.evaluation.pose_evaluator`.
 """
 
 from __future__ import annotations
@@ -23,25 +23,20 @@ from psa_jax.data.pose_pipeline import (PoseAugmentConfig, build_coco_keypoints,
                                         normalize_on_device)
 from psa_jax.evaluation.pose_evaluator import evaluate_keypoints
 from psa_jax.models import pose_hrnet, pose_resnet
-from psa_jax.training.pose_losses import joints_mse_loss
-from psa_jax.training.task import resolve_data_dir, run_on_process_zero
+from psa_jax.tasks.pose_losses import joints_mse_loss
+from psa_jax.tasks.common import compute_dtype, resolve_data_dir, run_on_process_zero
 
-__all__ = ["PoseTask", "compute_dtype"]
+__all__ = ["PoseTask"]
 
 logger = logging.getLogger(__name__)
 
-
-def compute_dtype(name: str):
-    """'float32' | 'bfloat16' | 'float16' -> a jnp dtype (clear error otherwise)."""
-    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-    if name not in dtypes:
-        raise ValueError(f"config.model.dtype={name!r} is not one of {sorted(dtypes)}")
-    return dtypes[name]
 
 
 class PoseTask:
     """COCO person keypoints, top-down, heatmap regression."""
 
+    name = "pose"
+    train_fields = ("image", "target", "target_weight")
     metric = "AP"
     metric_mode = "max"
 

@@ -1,6 +1,6 @@
 """Data-setup check for Cityscapes: build, scan, (cache), and evaluate labels as predictions.
 
-    python -m psa_jax.data.check_cityscapes --manual_dir DIR [--data_dir DIR] [--cache_dir DIR]
+    python -m psa_jax.tools.check_cityscapes --manual_dir DIR [--data_dir DIR] [--cache_dir DIR]
 
 1. checks that DIR holds `leftImg8bit_trainvaltest.zip` and `gtFine_trainvaltest.zip` (else says
    where they go and where to get them, and exits with status 2);
@@ -35,7 +35,7 @@ def _frequency_table(counts: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m psa_jax.data.check_cityscapes", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m psa_jax.tools.check_cityscapes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manual_dir", required=True, help="folder with the two Cityscapes zips")
     parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"),

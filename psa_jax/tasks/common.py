@@ -1,0 +1,34 @@
+"""Helpers every task shares: where the data live, work done once per job, the compute dtype."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["resolve_data_dir", "run_on_process_zero", "compute_dtype"]
+
+
+def resolve_data_dir(config: Any, workdir: str | os.PathLike) -> str:
+    """`config.data.data_dir`, or WORKDIR/data when empty."""
+    return config.data.data_dir or os.path.join(os.fspath(workdir), "data")
+
+
+def run_on_process_zero(fn: Callable[[], Any], tag: str) -> None:
+    """Runs `fn` on process 0 while the other processes wait (dataset preparation)."""
+    if jax.process_index() == 0:
+        fn()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(tag)
+
+
+def compute_dtype(name: str):
+    """'float32' | 'bfloat16' | 'float16' -> a jnp dtype (clear error otherwise)."""
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+    if name not in dtypes:
+        raise ValueError(f"config.model.dtype={name!r} is not one of {sorted(dtypes)}")
+    return dtypes[name]
