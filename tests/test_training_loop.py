@@ -181,7 +181,7 @@ def test_parameter_sharding_does_not_change_outputs():
 def test_converted_pytorch_checkpoint_restores_and_predicts_like_the_source(tmp_path):
     import torch
 
-    from psa_jax.convert.__main__ import main as convert_main
+    from psa_jax.tools.convert import main as convert_main
     from psa_jax.tasks.registry import get_task
     from psa_jax.training.train_step import host_predict_fn, make_forward
     from psa_jax.torch_reference import randomize_

@@ -1,6 +1,7 @@
 """Reading PyTorch checkpoint files and loading them into whole psa_jax networks.
 
-Three key layouts are understood (`psa_module.md` §8, `pose_and_seg_recipes.md` §A1/B1):
+The key layouts understood (`LAYOUTS`) are those of the public code that writes the checkpoints;
+`psa_jax.torch_reference` re-creates each network with exactly these keys for the tests:
 
 | layout | where from | loads into |
 | --- | --- | --- |

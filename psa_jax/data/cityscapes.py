@@ -15,17 +15,18 @@ Three layers, from the user's zips to decoded training records:
    (`cityscapesscripts/helpers/labels.py`; the same table as NVIDIA/semantic-segmentation
    `datasets/cityscapes_labels.py` and HRNet-Semantic-Segmentation
    `lib/datasets/cityscapes.py::label_mapping`).
-3. **Training cache.** Decoding one 1024x2048 PNG costs 46-72 ms on one core, too slow to feed
-   accelerators from one host. `build_training_cache` decodes every stock record once and writes
-   an uncompressed array_record cache with the label already mapped to trainIds (PNG, lossless)
-   and the image re-encoded as
-     'jpeg' (default): quality 95, 4:4:4 chroma, 1.4 MB/record (4.1 GB for train), PSNR 40.7 dB
-            on photo content; record decode 30 ms CPU vs 70 ms for the stock PNGs;
-     'raw': uncompressed pixels, lossless, 6.3 MB/record (19 GB for train), decode 11 ms;
+3. **Training cache.** Decoding a 1024x2048 PNG is slow enough that a few host cores cannot feed
+   an accelerator from the stock records. `build_training_cache` decodes every stock record once
+   and writes an uncompressed array_record cache with the label already mapped to trainIds (PNG,
+   lossless) and the image re-encoded as
+     'jpeg' (default): quality 95, 4:4:4 chroma; lossy at high quality, a fraction of the size
+            of 'raw' and faster to decode than the stock PNGs;
+     'raw': uncompressed pixels (H * W * 3 bytes), lossless, the cheapest to decode;
      'png': lossless, no faster than the stock files (for completeness).
-   End to end (HRNet-Seg recipe, one core): 12.7 (stock) / 19 (jpeg) / 45 (raw) samples per CPU
-   second (`benchmarks/seg_pipeline.py`, loaded 2-core machine). JPEG keeps disk and I/O small;
-   choose 'raw' where CPU cores per accelerator are scarce. Evaluation reads the lossless stock PNGs.
+   JPEG keeps disk and I/O small; choose 'raw' where CPU cores per accelerator are scarce.
+   Evaluation reads the lossless stock PNGs. Sizes and rates of the three encodings
+   (`benchmarks/seg_pipeline.py`) are recorded in benchmarks/NOTES.md; docs/data.md describes the
+   data setup.
 
 Records (what `CityscapesRecords[i]` and `CachedCityscapesRecords[i]` return) are dicts:
   'image_id': str, e.g. 'aachen_000000_000019'
@@ -473,7 +474,7 @@ def build_training_cache(
     corrupt: list[str] = []
     count = 0
     # One record per group (random access) and no compression: JPEG/PNG bytes are compressed
-    # already, and array_record's default codec would cost about 3 ms per MB on every read.
+    # already, and array_record's default codec would add a decompression pass to every read.
     writer = ArrayRecordWriter(os.fspath(tmp_path), "group_size:1,uncompressed")
     try:
         with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:

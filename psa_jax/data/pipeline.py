@@ -34,8 +34,8 @@ __all__ = ["train_dataset", "eval_dataset", "global_batch", "default_read_option
 def default_read_options(num_threads: int = 2, prefetch: int = 8) -> grain.ReadOptions:
     """Reader threads and a small prefetch buffer (default 2 and 8 elements).
 
-    grain's default prefetch buffer held 4.3 GiB of decoded Cityscapes images on this machine;
-    a small explicit buffer keeps memory bounded (jax_stack.md §9).
+    grain's default prefetch buffer can hold gigabytes of decoded Cityscapes images (per worker
+    process); a small explicit buffer keeps host memory bounded (figures in benchmarks/NOTES.md).
     """
     return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
 

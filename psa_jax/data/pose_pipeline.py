@@ -341,7 +341,7 @@ class PoseInstanceSource(Sequence):
     Args:
       raw_source: the split's `tfds` data source with `DeserializeMethod.RAW_BYTES` (serialized
         examples); only the JPEG bytes are taken from a record (the annotations are already in
-        `table`), which is 5x cheaper than tfds's full NumPy deserialisation.
+        `table`), which is much cheaper than tfds's full NumPy deserialisation.
       table: the instances.
 
     Item:
@@ -402,8 +402,8 @@ def normalize_image(crop_bgr: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) 
 
 
 def rgb_uint8(crop_bgr: np.ndarray) -> np.ndarray:
-    """uint8 BGR `(H, W, 3)` -> contiguous uint8 RGB (OpenCV's vectorised swap: 0.01 ms at 256x192,
-    against 0.36 ms for a NumPy copy of the channel-reversed view)."""
+    """uint8 BGR `(H, W, 3)` -> contiguous uint8 RGB with OpenCV's vectorised channel swap (a NumPy
+    copy of the channel-reversed view copies element by element and is far slower)."""
     return cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -411,8 +411,8 @@ def normalize_on_device(images: Any, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> An
     """uint8 RGB `(B, H, W, 3)` -> float32 `(x / 255 - mean) / std`, as a jnp computation.
 
     For training batches of `TrainTransform(image_dtype='uint8')`: the host then skips the
-    per-pixel normalisation and batches a quarter of the bytes (256x192 pose pipeline: about
-    +18% samples per CPU-second, benchmarks/pose_pipeline.py), and the step normalises on device.
+    per-pixel normalisation and batches a quarter of the bytes (more samples per CPU-second; see
+    benchmarks/pose_pipeline.py and benchmarks/NOTES.md), and the step normalises on device.
     Equals `normalize_image` of the BGR crop up to float rounding (1 ulp).
     """
     import jax.numpy as jnp

@@ -64,8 +64,9 @@ def clean_box(box_xywh: Sequence[float], width: int, height: int) -> np.ndarray 
 
     HRNet `lib/dataset/coco.py::_load_coco_keypoint_annotation_kernal`:
     `x1 = max(0, x)`, `x2 = min(W - 1, x1 + max(0, w - 1))` (same for y), kept when
-    `x2 >= x1 and y2 >= y1`; the cleaned box is `[x1, y1, x2 - x1, y2 - y1]`. (mmpose clips
-    `x + w` instead; this is the subtle difference noted in pose_and_seg_recipes.md A3.)
+    `x2 >= x1 and y2 >= y1`; the cleaned box is `[x1, y1, x2 - x1, y2 - y1]`. (mmpose instead
+    clips `x2 = x + w` to `[0, W - 1]`, a small difference between the two codebases; psa_jax
+    follows HRNet here.)
 
     Returns:
       float64 `(4,)` `[x, y, w, h]`, or None when the box lies outside the image.

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from psa_jax.layers import initializers as inits
-from psa_jax.layers.xla_cpu import cpu_phase_vjp_enabled
+from psa_jax.layers import xla_cpu
 from psa_jax.layers.mac_counter import record_conv_macs
 
 __all__ = ["Conv2d", "ConvTranspose2d", "conv2d"]
@@ -17,98 +15,28 @@ __all__ = ["Conv2d", "ConvTranspose2d", "conv2d"]
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0, *,
+           phase_vjp: bool = False) -> jax.Array:
     """`y[b, i, j, o] = sum_{u, v, c} x_pad[b, s*i + u, s*j + v, c] * kernel[u, v, c, o]`.
-
-    On XLA:CPU a strided convolution gets its input gradient from `_phase_conv_input_grad`
-    (`psa_jax.layers.xla_cpu.set_cpu_phase_vjp`); values and gradients are the same.
 
     Args:
       x: (B, H, W, C_in).
       kernel: (kh, kw, C_in, C_out).
       stride: the same stride along H and W.
       padding: zeros added on every side (PyTorch's `padding=p`).
+      phase_vjp: for stride > 1, take the input gradient from `xla_cpu.conv2d_phase_vjp` (the same
+        values and gradients, a program XLA:CPU runs faster); ignored at stride 1.
     Returns:
       (B, (H + 2p - kh) // s + 1, (W + 2p - kw) // s + 1, C_out).
     """
-    if stride > 1 and cpu_phase_vjp_enabled():
-        return _conv2d_phase_vjp(x, kernel, stride, padding)
+    if stride > 1 and phase_vjp:
+        return xla_cpu.conv2d_phase_vjp(x, kernel, stride, padding)
     return _conv2d_plain(x, kernel, stride, padding)
 
 
 def _conv2d_plain(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     pads = ((padding, padding), (padding, padding))
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_DIMENSION_NUMBERS)
-
-
-def _phase_conv_input_grad(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], stride: int,
-                           padding: int) -> jax.Array:
-    """d(loss)/dx of a stride-s convolution as s*s stride-1 convolutions, one per input phase.
-
-    XLA's own transpose of a strided convolution is a convolution of the s-dilated `dy` (an
-    "lhs-dilated" convolution), which XLA:CPU runs in slow generic code. Instead, split the padded
-    input positions by phase: position `s*a + r` is reached only by the taps `u = r + s*t`,
-    through output `a - t`, so
-
-        dx_pad[s*a + r, s*b + q] = sum_{t, t'} dy[a - t, b - t'] . kernel[r + s*t, q + s*t']^T,
-
-    a stride-1 "full" correlation of `dy` with the spatially flipped sub-kernel `kernel[r::s, q::s]`
-    (channels transposed). The s*s phase results are interleaved and the padding is cropped.
-
-    Args:
-      dy: (B, H_out, W_out, C_out) cotangent of the output.
-      kernel: (kh, kw, C_in, C_out).
-      x_shape: (B, H, W, C_in).
-    Returns:
-      (B, H, W, C_in) in dy's dtype.
-    """
-    b, h, w, c_in = x_shape
-    kh, kw = kernel.shape[:2]
-    s, p = stride, padding
-    hp, wp = h + 2 * p, w + 2 * p
-    rows_per_phase = -(-hp // s)                 # phase length along H (phase 0 is the longest)
-    cols_per_phase = -(-wp // s)
-    ho, wo = dy.shape[1:3]
-    phases = []
-    for r in range(s):
-        row = []
-        for q in range(s):
-            sub = kernel[r::s, q::s]                                         # (T, T', C_in, C_out)
-            t_h, t_w = sub.shape[:2]
-            if t_h == 0 or t_w == 0:
-                row.append(jnp.zeros((b, rows_per_phase, cols_per_phase, c_in), dy.dtype))
-                continue
-            # Full correlation, then pad/crop to the phase's length (rows_per_phase for every phase;
-            # the tail beyond the padded input is cropped after interleaving).
-            sub = jnp.flip(sub, (0, 1)).swapaxes(2, 3).astype(dy.dtype)      # (T, T', C_out, C_in)
-            pad_h = (t_h - 1, rows_per_phase - ho)
-            pad_w = (t_w - 1, cols_per_phase - wo)
-            row.append(jax.lax.conv_general_dilated(dy, sub, (1, 1), (pad_h, pad_w),
-                                                    dimension_numbers=_DIMENSION_NUMBERS))
-        phases.append(jnp.stack(row, axis=3))                                # (B, A, A', s, C_in)
-    dx_pad = jnp.stack(phases, axis=2)                                       # (B, A, s, A', s, C_in)
-    dx_pad = dx_pad.reshape(b, rows_per_phase * s, cols_per_phase * s, c_in)
-    return dx_pad[:, p:p + h, p:p + w, :]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv2d_phase_vjp(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    return _conv2d_plain(x, kernel, stride, padding)
-
-
-def _phase_vjp_fwd(x, kernel, stride, padding):
-    return _conv2d_plain(x, kernel, stride, padding), (x, kernel)
-
-
-def _phase_vjp_bwd(stride, padding, residuals, dy):
-    x, kernel = residuals
-    dx = _phase_conv_input_grad(dy, kernel, x.shape, stride, padding).astype(x.dtype)
-    _, kernel_vjp = jax.vjp(lambda k: _conv2d_plain(x, k, stride, padding), kernel)
-    (dk,) = kernel_vjp(dy)
-    return dx, dk
-
-
-_conv2d_phase_vjp.defvjp(_phase_vjp_fwd, _phase_vjp_bwd)
 
 
 class Conv2d(nnx.Module):
@@ -125,12 +53,16 @@ class Conv2d(nnx.Module):
       use_bias: add a learned bias.
       kernel_init, bias_init: default PyTorch's (`torch_default_kernel`, `torch_default_bias`).
       dtype: compute dtype (None: the input's); params are stored in `param_dtype`.
+      program: 'plain' (default), 'xla_cpu' or a `xla_cpu.ProgramOptions`; with its
+        `phase_conv_vjp`, a strided convolution's input gradient comes from
+        `xla_cpu.conv2d_phase_vjp` (same values).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *, stride: int = 1,
                  padding: int | None = None, use_bias: bool = False,
                  kernel_init: nnx.Initializer | None = None, bias_init: nnx.Initializer | None = None,
-                 dtype: jnp.dtype | None = None, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+                 dtype: jnp.dtype | None = None, param_dtype: jnp.dtype = jnp.float32,
+                 program: str | xla_cpu.ProgramOptions = "plain", rngs: nnx.Rngs):
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"Conv2d channels must be positive, got in_channels={in_channels}, "
                              f"out_channels={out_channels}")
@@ -140,6 +72,7 @@ class Conv2d(nnx.Module):
         self.stride = stride
         self.padding = kernel_size // 2 if padding is None else padding
         self.dtype = dtype
+        self.phase_vjp = xla_cpu.program_options(program).phase_conv_vjp and stride > 1
         fan_in = kernel_size * kernel_size * in_channels
         kernel_init = kernel_init or inits.torch_default_kernel
         self.kernel = nnx.Param(kernel_init(rngs.params(), (kernel_size, kernel_size, in_channels, out_channels),
@@ -165,7 +98,8 @@ class Conv2d(nnx.Module):
             raise ValueError(f"Conv2d expects x of shape (B, H, W, {self.in_channels}), got {x.shape}")
         self.record_macs(x.shape[1], x.shape[2])
         dtype = self.dtype or x.dtype
-        y = conv2d(x.astype(dtype), self.kernel[...].astype(dtype), self.stride, self.padding)
+        y = conv2d(x.astype(dtype), self.kernel[...].astype(dtype), self.stride, self.padding,
+                   phase_vjp=self.phase_vjp)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y

@@ -44,14 +44,15 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
     """Training-mode BatchNorm with a hand-written backward pass.
 
     x (N..., C), scale and bias (C,) -> (y (N..., C) in `dtype`, batch mean (C,), unbiased
-    batch variance (C,)). Forward: `BatchNorm`'s numbers. Backward (the standard BatchNorm
-    gradient, as PyTorch's), with x_hat = (x - mean) / std and sums over the N axes:
+    batch variance (C,)). Forward: `BatchNorm`'s numbers (`_batch_stats`). Backward (the standard
+    BatchNorm gradient, as PyTorch's), with x_hat = (x - mean) / std and sums over the N axes:
         d_bias = sum(g),  d_scale = sum(g * x_hat),
         dx = scale / std * (g - d_bias / n - x_hat * d_scale / n).
     All in fp32 whatever `dtype`. It gives the autodiff path's gradients (to fp32 rounding) in
-    fewer XLA:CPU kernels: autodiff spreads the statistics' small vector ops over many
-    (`benchmarks/NOTES.md`). The mean and variance outputs feed the running statistics; their
-    cotangents are ignored (callers stop their gradient). Reverse mode only (`jax.custom_vjp`).
+    fewer XLA:CPU kernels: autodiff spreads the statistics' small vector ops over many. `BatchNorm`
+    uses it when built with a program whose `fused_batchnorm` is set (`psa_jax.layers.xla_cpu`).
+    The mean and variance outputs feed the running statistics; their cotangents are ignored
+    (callers stop their gradient). Reverse mode only (`jax.custom_vjp`).
     """
     return _batch_norm_fwd(x, scale, bias, epsilon, dtype)[0]
 
@@ -86,9 +87,9 @@ class BatchNorm(nnx.Module):
     the running ones as PyTorch does: `running = (1 - momentum) * running + momentum * batch`,
     with the *unbiased* batch variance for `running_var` (`n / (n - 1)`). Under `jax.jit` with a
     batch-sharded input the statistics are over the global batch (SyncBN); there is no
-    `axis_name`. `model.eval()` / `model.train()` switch the mode. On XLA:CPU, training mode runs
-    `batch_norm_train` (same numbers, a hand-written backward pass in fewer kernels; switch:
-    `xla_cpu.set_cpu_fused_batchnorm`).
+    `axis_name`. `model.eval()` / `model.train()` switch the mode. Built with `program='xla_cpu'`
+    (or a `ProgramOptions` with `fused_batchnorm`), training mode runs `batch_norm_train`: same
+    numbers, a hand-written backward pass in fewer XLA:CPU kernels.
 
     Parameters: `scale`, `bias` (C,) (PyTorch `weight`, `bias`); batch stats `mean`, `var` (C,)
     (PyTorch `running_mean`, `running_var`).
@@ -98,17 +99,20 @@ class BatchNorm(nnx.Module):
       momentum: PyTorch's convention (0.1; Flax's `momentum=0.9` means the same).
       epsilon: 1e-5 as PyTorch.
       dtype: compute dtype of the output (None: the input's); statistics are always fp32.
+      program: 'plain' (default: autodiff of the statistics), 'xla_cpu' or a
+        `xla_cpu.ProgramOptions`; its `fused_batchnorm` selects `batch_norm_train`.
     """
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
                  use_running_average: bool = False, dtype: jnp.dtype | None = None,
                  param_dtype: jnp.dtype = jnp.float32, scale_init: nnx.Initializer = inits.ones,
-                 rngs: nnx.Rngs | None = None):
+                 program: str | xla_cpu.ProgramOptions = "plain", rngs: nnx.Rngs | None = None):
         self.num_features = num_features
         self.momentum = momentum
         self.epsilon = epsilon
         self.use_running_average = use_running_average
         self.dtype = dtype
+        self.fused_vjp = xla_cpu.program_options(program).fused_batchnorm
         del rngs  # deterministic initialisation; kept for a uniform constructor signature
         self.scale = nnx.Param(scale_init(None, (num_features,), param_dtype))
         self.bias = nnx.Param(inits.zeros(None, (num_features,), param_dtype))
@@ -125,15 +129,15 @@ class BatchNorm(nnx.Module):
             a = self.scale[...].astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
             b = self.bias[...].astype(jnp.float32) - mean * a
             return x.astype(dtype) * a.astype(dtype) + b.astype(dtype)
-        if xla_cpu.cpu_fused_batchnorm_enabled():
+        if self.fused_vjp:
             y, mean, unbiased = batch_norm_train(x, self.scale[...], self.bias[...], self.epsilon, dtype)
         else:  # the same statistics, differentiated by autodiff
             stats = _batch_stats(x, self.scale[...], self.bias[...], self.epsilon)
             y, mean, unbiased = _normalize(x, stats, dtype), stats[0], stats[4]
         m = self.momentum
         # `set_value`, not `self.mean[...] = ...`: the indexed form compares the new value's
-        # sharding, which on a tracer builds an error message by walking the whole trace
-        # (flax 0.12 `Variable.set_value(index=...)`): 90 of the 120 s of tracing W32.
+        # sharding, which on a tracer builds its error message by walking the whole trace so far
+        # (flax `Variable.set_value(index=...)`), quadratic in the network size.
         self.mean.set_value((1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean))
         self.var.set_value((1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased))
         return y

@@ -1,32 +1,44 @@
 """Polarized Self-Attention (Liu et al., arXiv 2107.00782), NHWC, Flax NNX.
 
-Two branches and two compositions, in two formulations (`../shared/reference/psa_module.md`):
+How to build each variant (the formulations and sources are described in docs/psa.md):
 
-* `formulation='official'`: what `DeLightCMU/PSA: semantic-segmentation/network/PSA.py` computes,
-  needed to load the released checkpoints. Its method names are swapped relative to the paper:
-  its `spatial_pool` is the paper's channel-only branch, its `channel_pool` the spatial-only one.
-* `formulation='paper'`: the equations as published.
+    PSA_p(C)                          official parallel block   (registry name 'psa_p')
+    PSA_s(C)                          official sequential block ('psa_s')
+    PSA_p(C, formulation='paper')     the published equations, parallel   ('psa_p_paper')
+    PSA_s(C, formulation='paper')     the published equations, sequential ('psa_s_paper')
 
-With x (B, H, W, C), N = H*W, Wq/Wv/Wz 1x1 convolutions (no bias unless stated):
+`PSA_p` / `PSA_s` are `PolarizedSelfAttention` with the layout fixed, the class that the registry
+(`psa_jax.layers.make_attention`) builds and that code choosing the layout at run time uses. Its
+parts are the two branches, `ChannelOnlyAttention` and `SpatialOnlyAttention`, built with the
+same (layout, formulation) words and usable on their own. `psa_macs` gives the block's
+multiply-adds in HRNet's counting convention from shapes alone; the forward passes hold only the
+math and report that count to an active `mac_counter.count_conv_macs` through a decorator.
 
-Channel-only branch, A_ch (B, 1, 1, C):
+Notation: x (B, H, W, C), N = H*W, W_* bias-free 1x1 convolutions unless stated; equation numbers
+are the paper's (Sec. 3.1, arXiv v2).
+
+Channel-only branch, A_ch (B, 1, 1, C)                                              paper Eq. (1)
     official  A_ch = sigmoid(W_up(W_v^r(x) . softmax_N(W_q^r(x))))      W_q^r: C->1, W_v^r: C->C/2
-              W_up: PSA_p a bias-free 1x1 C/2->C; PSA_s conv(C/2->C/8, +b) -> LN -> ReLU -> conv(C/8->C, +b)
-    paper     A_ch = sigmoid(LN_C(W_z(W_v(x) . softmax_N(W_q(x)))))      W_z: C/2->C, LayerNorm over C
-Spatial-only branch, A_sp (B, H, W, 1), G = GAP(W_q^l(x)) (B, C/2):
+              W_up: PSA_p a 1x1 C/2->C; PSA_s conv(C/2->C/8, +b) -> LN -> ReLU -> conv(C/8->C, +b)
+    paper     A_ch = sigmoid(LN_C(W_z(W_v^r(x) . softmax_N(W_q^r(x)))))  W_z: C/2->C, LayerNorm over C
+Spatial-only branch, A_sp (B, H, W, 1), G = GAP(W_q^l(x)) (B, C/2)          paper Eqs. (4), (5)
     official PSA_p  A_sp = sigmoid(softmax_N(G . W_v^l(x)))              softmax over positions after the product
     official PSA_s  A_sp = sigmoid(G . softmax_N(W_v^l(x)))              softmax over positions of each C/2 row
     paper           A_sp = sigmoid(softmax_{C/2}(G) . W_v^l(x))          softmax over the pooled query
-Compositions (no residual inside PSA):
+Compositions (no residual inside PSA)                                       paper Eqs. (3), (6)-(8)
     parallel    PSA_p(x) = x * A_ch(x) + x * A_sp(x)
     sequential  PSA_s(x) = x1 * A_sp(x1),  x1 = x * A_ch(x)
 
-Implementation: every product above is linear in x, so the 1x1 projections are applied to pooled
-C-vectors instead of to (B, H, W, C/2) maps wherever that is mathematically equal
-(sum_n p_n W_v x_n = W_v sum_n p_n x_n; G . W_v x_n = (W_v^T G) . x_n). Only official PSA_s's spatial
-branch, whose softmax acts on every row of W_v^l(x), needs the full projection. The MAC counter is
-still told what the reference structure computes (`Conv2d.record_macs`). Softmaxes, pooling,
-normalisation and sigmoids run in fp32 whatever the compute dtype.
+Reference code: `DeLightCMU/PSA: semantic-segmentation/network/PSA.py`, classes `PSA_p` and
+`PSA_s`; its `spatial_pool` is the channel-only branch here, its `channel_pool` the spatial-only
+one (the names are swapped relative to the paper). Parameters keep that file's attribute names,
+so `psa_jax.convert.from_torch` loads its state_dicts directly.
+
+Evaluation order: every product above is linear in x, so the 1x1 projections are applied to
+pooled C-vectors instead of to (B, H, W, C/2) maps wherever that is mathematically equal
+(sum_n p_n W_v x_n = W_v sum_n p_n x_n; G . W_v x_n = (W_v^T G) . x_n). Only official PSA_s's
+spatial branch, whose softmax acts on every row of W_v^l(x), needs the full projection.
+Softmaxes, pooling, normalisation and sigmoids run in fp32 whatever the compute dtype.
 """
 
 from __future__ import annotations

@@ -1,75 +1,81 @@
-"""Backend-specific program shaping. Every function here is the identity on values.
+"""XLA:CPU program variants: the program options and the value-identical rewrites they switch on.
 
-XLA:CPU fuses elementwise producers into their consumers. In a residual network's backward pass
-it copied the residual stream's whole add/ReLU chain (across all blocks of a branch, up to 218
-instructions) into every weight-gradient transpose fusion, which made the HRNet-W32 train step
-both slow and slow to compile (26 s/step and 119 s of XLA compile, against 9 s and 47 s with
-materialisation points on the block and fuse outputs; `benchmarks/NOTES.md`). `materialize`
-forces its argument to be computed once into a buffer by routing it through a data-dependent
-`lax.cond` whose two branches both return the input unchanged: XLA cannot fold the predicate;
-one branch is `v`, the other `v * 1` (bit-identical for every value: NaN, inf, -0.0). The
-branches must differ syntactically, because JAX (0.10) drops every cond output that all
-branches merely forward, which silently removed a cond of two identities.
-`lax.optimization_barrier` does not work for this on CPU (it is removed before fusion).
+A network is built for one *program*, an explicit construction option (`ProgramOptions`), never a
+process-wide switch: `pose_hrnet(..., program='xla_cpu')` threads the choice once to its
+convolutions, BatchNorms and residual-block outputs. Every rewrite computes the same values and
+gradients as the plain program (tests: `tests/test_xla_cpu.py`); each only changes the XLA program
+that XLA:CPU compiles:
 
-The points sit on residual-block outputs (`psa_jax.models.blocks`) and on the fuse outputs of
-HRNet modules (`psa_jax.models.hrnet`), not on BatchNorm outputs (there they kept one more
-buffer alive per conv-BN pair: +580 MB for W32, no speed gain). They are applied only when the
-default backend is the CPU and `set_cpu_materialization(True)` (the default); GPU and TPU
-compile the plain program.
+* `materialize` (on residual-block outputs, `psa_jax.models.blocks`, and on the fuse outputs of
+  HRNet modules, `psa_jax.models.hrnet`): forces a value into a buffer of its own. Otherwise
+  XLA:CPU fuses a residual stream's whole add/ReLU chain, across the blocks of a branch, into
+  every consumer in the backward pass (each weight-gradient transpose), which makes the train step
+  slow to run and to compile. `lax.optimization_barrier` does not help: XLA:CPU removes it before
+  fusion. The points are not on BatchNorm outputs, where they would keep one more buffer per
+  conv-BN pair alive without making anything faster.
+* `conv2d_phase_vjp` (strided convolutions, `psa_jax.layers.conv.Conv2d`): the input gradient of a
+  stride-s convolution as s*s stride-1 convolutions (`phase_conv_input_grad`). XLA's own
+  transpose is an lhs-dilated convolution, which XLA:CPU runs in slow generic code.
+* `fused_batchnorm` (`psa_jax.layers.norm.BatchNorm` in training mode): BatchNorm's backward
+  pass written by hand (`psa_jax.layers.norm.batch_norm_train`), in fewer XLA:CPU kernels than
+  autodiff of the statistics. It stays in `norm.py` because it differentiates the statistics
+  defined there (`_batch_stats`), which the plain path shares.
 
-The same switch pattern guards the other CPU-only workaround, the phase-convolution gradient of
-strided convolutions (`psa_jax.layers.conv.conv2d`, `set_cpu_phase_vjp`): XLA:CPU lowers a
-strided convolution's input gradient to an lhs-dilated convolution that runs in slow generic
-code. BatchNorm's training-mode backward pass is the third (`psa_jax.layers.norm.batch_norm_train`,
-`set_cpu_fused_batchnorm`): autodiff of the one-pass statistics spreads a handful of small vector
-ops over separate XLA:CPU kernels per BatchNorm (8 in the forward pass); the hand-written VJP
-needs about half (W32 train step: 7,599 -> 6,723 fusions, 10% less XLA compile time, 40-75 MB less
-resident memory). All are checked against the plain path in `tests/test_backend_tuning.py`.
+`program_for_platform('cpu')` is 'xla_cpu'; accelerators compile the plain program. Where the
+options came from, with measurements: `benchmarks/NOTES.md`, "Where the XLA:CPU program options
+came from".
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 
-__all__ = ["materialize", "set_cpu_materialization", "cpu_materialization_enabled", "set_cpu_phase_vjp",
-           "cpu_phase_vjp_enabled", "set_cpu_fused_batchnorm", "cpu_fused_batchnorm_enabled", "on_cpu"]
+__all__ = ["ProgramOptions", "PLAIN", "XLA_CPU", "PROGRAMS", "program_options", "program_for_platform",
+           "materialize", "conv2d_phase_vjp", "phase_conv_input_grad"]
 
-_STATE = {"cpu_materialization": True, "cpu_phase_vjp": True, "cpu_fused_batchnorm": True}
-
-
-def on_cpu() -> bool:
-    """Whether programs traced now compile for XLA:CPU (the default backend)."""
-    return jax.default_backend() == "cpu"
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
-def set_cpu_materialization(enabled: bool) -> None:
-    """Turns the CPU materialisation points on (default) or off (for benchmarks)."""
-    _STATE["cpu_materialization"] = bool(enabled)
+@dataclasses.dataclass(frozen=True)
+class ProgramOptions:
+    """Which value-identical XLA:CPU rewrites a network is built with (all off: the plain program).
+
+    Attributes:
+      materialize: a `materialize` point on every residual-block output and HRNet fuse output.
+      phase_conv_vjp: strided convolutions get their input gradient from `conv2d_phase_vjp`.
+      fused_batchnorm: training-mode BatchNorm runs `norm.batch_norm_train` (hand-written VJP).
+    """
+
+    materialize: bool = False
+    phase_conv_vjp: bool = False
+    fused_batchnorm: bool = False
 
 
-def cpu_materialization_enabled() -> bool:
-    return _STATE["cpu_materialization"] and on_cpu()
+PLAIN = ProgramOptions()
+XLA_CPU = ProgramOptions(materialize=True, phase_conv_vjp=True, fused_batchnorm=True)
+PROGRAMS: dict[str, ProgramOptions] = {"plain": PLAIN, "xla_cpu": XLA_CPU}
 
 
-def set_cpu_phase_vjp(enabled: bool) -> None:
-    """Turns the phase-convolution gradient of strided convolutions on CPU on (default) or off."""
-    _STATE["cpu_phase_vjp"] = bool(enabled)
+def program_options(program: str | ProgramOptions) -> ProgramOptions:
+    """'plain' | 'xla_cpu' | a `ProgramOptions` -> the `ProgramOptions`."""
+    if isinstance(program, ProgramOptions):
+        return program
+    if isinstance(program, str) and program in PROGRAMS:
+        return PROGRAMS[program]
+    raise ValueError(f"unknown program {program!r}; valid: {', '.join(repr(p) for p in PROGRAMS)} "
+                     "or a psa_jax.layers.xla_cpu.ProgramOptions")
 
 
-def cpu_phase_vjp_enabled() -> bool:
-    return _STATE["cpu_phase_vjp"] and on_cpu()
+def program_for_platform(platform: str) -> str:
+    """The program to build for a JAX platform name: 'cpu' -> 'xla_cpu', anything else -> 'plain'."""
+    return "xla_cpu" if str(platform).lower() == "cpu" else "plain"
 
 
-def set_cpu_fused_batchnorm(enabled: bool) -> None:
-    """Turns BatchNorm's hand-written training-mode VJP (`norm.batch_norm_train`) on CPU on or off."""
-    _STATE["cpu_fused_batchnorm"] = bool(enabled)
-
-
-def cpu_fused_batchnorm_enabled() -> bool:
-    return _STATE["cpu_fused_batchnorm"] and on_cpu()
-
+# ----------------------------------------------------------------------------------- materialize
 
 def _identity(v: jax.Array) -> jax.Array:
     return v
@@ -77,14 +83,100 @@ def _identity(v: jax.Array) -> jax.Array:
 
 def _times_one(v: jax.Array) -> jax.Array:
     # Bit-identical to `v` for every value (NaN, inf and -0.0 included). It must differ from
-    # `_identity` syntactically: JAX (0.10) drops cond outputs that every branch merely forwards,
-    # which erased the materialisation point when both branches were `_identity`.
+    # `_identity` syntactically: JAX drops a cond output that every branch merely forwards,
+    # which would erase the materialisation point.
     return v * jnp.ones((), v.dtype)
 
 
 def materialize(x: jax.Array) -> jax.Array:
-    """Returns `x`; on XLA:CPU, as a separately computed buffer (see module doc)."""
-    if not cpu_materialization_enabled() or x.size == 0:
+    """Returns `x`, computed once into a buffer of its own (a materialisation point).
+
+    `x` goes through a `lax.cond` on a data-dependent predicate (`x.flat[0] == x.flat[0]`) that XLA
+    cannot fold; one branch returns `x`, the other `x * 1`, so the result is `x` bit for bit
+    whichever runs (NaN included), and the gradient is the identity. Empty arrays are returned
+    as they are.
+    """
+    if x.size == 0:
         return x
     first = x.reshape(-1)[0]
     return jax.lax.cond(first == first, _identity, _times_one, x)
+
+
+# ------------------------------------------------------------------ strided convolution gradient
+
+def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The NHWC/HWIO convolution of `psa_jax.layers.conv.conv2d` (the same operation)."""
+    pads = ((padding, padding), (padding, padding))
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def phase_conv_input_grad(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], stride: int,
+                          padding: int) -> jax.Array:
+    """d(loss)/dx of a stride-s convolution as s*s stride-1 convolutions, one per input phase.
+
+    Split the padded input positions by phase: position `s*a + r` is reached only by the taps
+    `u = r + s*t`, through output `a - t`, so
+
+        dx_pad[s*a + r, s*b + q] = sum_{t, t'} dy[a - t, b - t'] . kernel[r + s*t, q + s*t']^T,
+
+    a stride-1 "full" correlation of `dy` with the spatially flipped sub-kernel `kernel[r::s, q::s]`
+    (channels transposed). The s*s phase results are interleaved and the padding is cropped.
+
+    Args:
+      dy: (B, H_out, W_out, C_out) cotangent of the output.
+      kernel: (kh, kw, C_in, C_out).
+      x_shape: (B, H, W, C_in).
+    Returns:
+      (B, H, W, C_in) in dy's dtype.
+    """
+    b, h, w, c_in = x_shape
+    s, p = stride, padding
+    hp, wp = h + 2 * p, w + 2 * p
+    rows_per_phase = -(-hp // s)                 # phase length along H (phase 0 is the longest)
+    cols_per_phase = -(-wp // s)
+    ho, wo = dy.shape[1:3]
+    phases = []
+    for r in range(s):
+        row = []
+        for q in range(s):
+            sub = kernel[r::s, q::s]                                         # (T, T', C_in, C_out)
+            t_h, t_w = sub.shape[:2]
+            if t_h == 0 or t_w == 0:
+                row.append(jnp.zeros((b, rows_per_phase, cols_per_phase, c_in), dy.dtype))
+                continue
+            # Full correlation, then pad/crop to the phase's length (rows_per_phase for every phase;
+            # the tail beyond the padded input is cropped after interleaving).
+            sub = jnp.flip(sub, (0, 1)).swapaxes(2, 3).astype(dy.dtype)      # (T, T', C_out, C_in)
+            pad_h = (t_h - 1, rows_per_phase - ho)
+            pad_w = (t_w - 1, cols_per_phase - wo)
+            row.append(jax.lax.conv_general_dilated(dy, sub, (1, 1), (pad_h, pad_w),
+                                                    dimension_numbers=_DIMENSION_NUMBERS))
+        phases.append(jnp.stack(row, axis=3))                                # (B, A, A', s, C_in)
+    dx_pad = jnp.stack(phases, axis=2)                                       # (B, A, s, A', s, C_in)
+    dx_pad = dx_pad.reshape(b, rows_per_phase * s, cols_per_phase * s, c_in)
+    return dx_pad[:, p:p + h, p:p + w, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d_phase_vjp(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """`psa_jax.layers.conv.conv2d` (same values) whose input gradient is `phase_conv_input_grad`.
+
+    x (B, H, W, C_in), kernel (kh, kw, C_in, C_out) -> (B, H', W', C_out). The kernel gradient is
+    XLA's own. Reverse mode only (`jax.custom_vjp`).
+    """
+    return _conv(x, kernel, stride, padding)
+
+
+def _phase_vjp_fwd(x, kernel, stride, padding):
+    return _conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _phase_vjp_bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    dx = phase_conv_input_grad(dy, kernel, x.shape, stride, padding).astype(x.dtype)
+    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, stride, padding), kernel)
+    (dk,) = kernel_vjp(dy)
+    return dx, dk
+
+
+conv2d_phase_vjp.defvjp(_phase_vjp_fwd, _phase_vjp_bwd)

@@ -49,8 +49,9 @@ def _fan_in(m: nn.Module, weight: torch.Tensor) -> int:
 def randomize_(module: nn.Module, seed: int = 0, conv_gain: float = 1.0) -> nn.Module:
     """Overwrite every parameter and BN/LN statistic of ``module`` with seeded random values.
 
-    The goal is a parity test on *non-trivial* weights (the official inits make PSA nearly an
-    identity, see psa_module.md section 4), at a scale that keeps a 100-layer HRNet's activations
+    The goal is a parity test on *non-trivial* weights (under the official inits, e.g. the
+    N(0, 0.001) convolutions of the HRNet pipelines, both PSA gates sit near sigmoid(0) = 0.5 and
+    PSA_p is nearly an identity map), at a scale that keeps a 100-layer HRNet's activations
     finite in fp32 and PSA's sigmoids/softmaxes away from saturation:
 
     * Conv / ConvTranspose / Linear weight ~ N(0, (conv_gain / sqrt(fan_in))^2); bias ~ N(0, 0.1^2).

@@ -2,7 +2,7 @@
 
 Pose network: ``leoxiaobin/deep-high-resolution-net.pytorch: lib/models/pose_hrnet.py``
 (commit 6f69e46), ``PoseHighResolutionNet`` with ``experiments/coco/hrnet/w{32,48}_*.yaml``.
-Facts in pose_and_seg_recipes.md A1/A2. Written from those facts, not copied.
+Written from that code and its configs, not copied.
 
 The same classes, configured differently, build the HRNet-Seg / NVIDIA trunks
 (``hrnet_seg.py``) and the ImageNet classifier (``hrnet_cls.py``); the structural facts are
@@ -39,7 +39,8 @@ Attention (PSA, attribute ``deattn``; ``attention in {'psa_p', 'psa_s', None}``)
   (as ``DeLightCMU/PSA: semantic-segmentation/network/hrnetv2.py``);
 * ``attention_placement='all_residual'`` also puts it into the stage-1 ``Bottleneck`` s after
   ``conv2 -> bn2 -> relu`` (C = 64), i.e. "after the first 3x3 conv of every residual block"
-  (paper sentence, psa_module.md 5.2). No official pose code exists (psa_module.md 5.3).
+  (the paper's sentence, quoted in DeLightCMU/PSA issue #10). No official pose code exists (the
+  DeLightCMU/PSA README lists it as "to be uploaded"; issue #12).
 
 Init (:meth:`HRNetBackbone.init_weights`, called by the constructors like the official
 ``get_pose_net`` / ``get_seg_model``): every conv weight N(0, 0.001), conv bias 0, BN weight 1 bias 0

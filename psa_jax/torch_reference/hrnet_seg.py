@@ -1,6 +1,6 @@
 """Segmentation HRNets: HRNet-Seg HRNetV2(-OCR) and NVIDIA's MscaleOCR (official PSA checkpoints).
 
-Written from the reference facts (pose_and_seg_recipes.md B1, psa_module.md 2, 5.1, 8), not copied.
+Written from the public code named below (a)-(c), not copied.
 Shared HRNet blocks come from :mod:`torch_reference.hrnet_pose`. All BN are plain
 ``nn.BatchNorm2d`` (momentum 0.1, eps 1e-5; the originals use SyncBN / apex SyncBN, identical in
 eval mode). Tensors are NCHW.
@@ -30,7 +30,8 @@ eval mode). Tensors are NCHW.
     ``scale_as``, ``ResizeX``), ``OCR.MID_CHANNELS 512``, ``OCR.KEY_CHANNELS 256``,
     ``SEGATTN_BOT_CH 256``, ``MSCALE_INNER_3x3 True``, ``MSCALE_DROPOUT False``,
     ``MSCALE_OLDARCH False``, ``MSCALE_LO_SCALE 0.5``, ``OCR_ASPP False``, Dropout2d(0.05) in the OCR.
-    Keys (psa_module.md 8.2, without the DDP ``module.`` prefix)::
+    Keys (those of the official PSA checkpoints, which NVIDIA's trainer saves from the DDP-wrapped
+    network; shown without the ``module.`` prefix)::
 
         backbone.conv1.weight (64,3,3,3) ... backbone.stage{2,3,4}.{m}.branches.{b}.{k}.deattn.*
         ocr.conv3x3_ocr.0.{weight (512,720,3,3), bias}, ocr.conv3x3_ocr.1.0.* (BN)

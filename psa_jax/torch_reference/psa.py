@@ -1,8 +1,10 @@
 """Polarized Self-Attention as the official code computes it, plus NumPy restatements.
 
 Structure and numerics follow ``DeLightCMU/PSA: semantic-segmentation/network/PSA.py``
-(code commit 588b370, 20 Jul 2021), classes ``PSA_p`` and ``PSA_s``; facts summarised in
-psa_module.md sections 2-4. Written from those facts, not copied.
+(code commit 588b370, 20 Jul 2021), classes ``PSA_p`` and ``PSA_s``. Written from that code,
+not copied. Paper: H. Liu, F. Liu, X. Fan, D. Huang, "Polarized Self-Attention: Towards
+High-quality Pixel-wise Regression", arXiv:2107.00782; docs/psa.md explains how code and paper
+differ.
 
 Tensor layout is NCHW. ``x: (B, C, H, W)``, ``IC = C // 2``, ``N = H * W``. Every conv is 1x1
 (``kernel_size`` is accepted and ignored, exactly like the official code; ``stride`` goes to the
@@ -17,7 +19,7 @@ state_dict keys (module attribute names are the official ones)::
            conv_up.1.{weight, bias} (IC//4, 1, 1)             -- LayerNorm([IC//4, 1, 1]), eps 1e-5
            conv_up.3.{weight (C, IC//4, 1, 1), bias}          -- Conv, bias (index 2 is ReLU)
 
-Official method names are swapped w.r.t. the paper (psa_module.md section 2): the official
+Official method names are swapped w.r.t. the paper (DeLightCMU/PSA issue #5): the official
 ``spatial_pool`` is the paper's *channel-only* branch and ``channel_pool`` the *spatial-only*
 branch. Here the methods carry the paper's names, :meth:`channel_only` and :meth:`spatial_only`.
 
@@ -153,7 +155,7 @@ def make_psa(kind: str | None, channels: int) -> nn.Module | None:
 
 
 def psa_param_count(kind: str, c: int) -> int:
-    """Closed-form parameter count of the official block (psa_module.md section 7.3)."""
+    """Closed-form parameter count of the official block (the state_dict shapes of the module docstring)."""
     if kind == "psa_p":
         return 2 * c * c + c
     if kind == "psa_s":
@@ -186,7 +188,8 @@ def official_psa_numpy(x_nchw: np.ndarray, state: Mapping[str, np.ndarray], vari
 
     ``state`` has the keys listed in the module docstring (values as arrays, torch layout);
     ``variant`` is ``'psa_p'`` or ``'psa_s'``. Returns (B, C, H, W) float64. An independent
-    restatement of psa_module.md section 2, used to check :class:`PSA_p` / :class:`PSA_s`.
+    restatement of the official forward pass (module docstring), used to check :class:`PSA_p` /
+    :class:`PSA_s`.
     """
     x = np.asarray(x_nchw, np.float64)
     b, c, h, w = x.shape
@@ -243,7 +246,8 @@ def random_paper_weights(c: int, seed: int = 0, scale: float = 1.0) -> dict[str,
 
 
 def paper_psa_numpy(x_nchw: np.ndarray, weights: Mapping[str, np.ndarray], layout: str) -> np.ndarray:
-    """PSA as the PAPER formulates it (psa_module.md section 3), float64 NumPy.
+    """PSA as the PAPER formulates it (arXiv:2107.00782; also the formulation of the port
+    xmu-xiaoma666/External-Attention-pytorch ``model/attention/PolarizedSelfAttention.py``), float64 NumPy.
 
     ``x_nchw``: (B, C, H, W). ``layout``: ``'parallel'`` or ``'sequential'``.
 

@@ -16,8 +16,9 @@ Structure (torchvision ResNet names; BN momentum 0.1, eps 1e-5; convs bias-free 
     final_layer: 1x1 conv 256 -> num_joints with bias
 
 PSA (``attention in {'psa_p', 'psa_s', None}``): attribute ``deattn`` in every Bottleneck after
-``conv2 -> bn2 -> relu`` (C = planes), i.e. after the first 3x3 conv of each residual block (paper
-sentence, psa_module.md 5.2; the ``sithu31296`` Bottleneck example). No official code exists.
+``conv2 -> bn2 -> relu`` (C = planes), i.e. after the first 3x3 conv of each residual block (the
+paper's sentence, quoted in DeLightCMU/PSA issue #10; the Bottleneck example of
+``sithu31296/semantic-segmentation: semseg/models/modules/psa.py``). No official code exists.
 Keys e.g. ``layer1.0.deattn.conv_q_right.weight`` (1, 64, 1, 1).
 
 Forward: (B, 3, H, W) -> heatmaps (B, num_joints, H/4, W/4) for H, W divisible by 32

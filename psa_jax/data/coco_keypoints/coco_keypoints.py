@@ -29,7 +29,7 @@ or `psa_jax.data.pose_pipeline.build_coco_keypoints(manual_dir, data_dir)`, or
 (The `tfds build` command-line tool needs apache_beam, which psa_jax does not install.) Splits
 of more than 1 GiB (COCO train) need TensorFlow installed at build time (tfds's shuffler spills
 through `tf.io.gfile`); reading never needs it. Every image is decoded once while building to
-verify it (about 3 ms per COCO image, a few minutes for train2017 on one core).
+verify it, which adds minutes of CPU time for train2017. docs/data.md describes the setup.
 
 Bad input, handled as HRNet does or reported (never a crash mid-build): each split's counts are
 logged and stored in `builder.info.metadata['build_report'][split]`:
