@@ -20,9 +20,9 @@ Reported (median of `--trials`):
   * ``grain_all_cores``: the grain pipeline with one reader thread per core, total and per core.
   * ``plain_baseline``: the same grain pipeline (all cores) and source (JPEG decode included) with
     a plain transform in place of ours: box -> fixed crop (no augmentation), one
-    `cv2.warpAffine`, a dense Gaussian per joint, uint8 image. It is the setting the data-stack
-    check in `shared/reference/jax_stack.md` timed (260-300 samples/s per core then) and tells
-    how fast this host is today: `vs_plain` = ours / plain in the same run.
+    `cv2.warpAffine`, a dense Gaussian per joint, uint8 image. It measures how fast the host is
+    in this run, independently of our transforms: `vs_plain` = ours / plain in the same run
+    (earlier rates of both are in benchmarks/NOTES.md).
 Each is given per wall-clock second and per process CPU second (samples / CPU time): on a
 shared or busy machine wall-clock rates drop with the load, the CPU-time rate does not.
 A per-stage breakdown (ms per sample) shows where the time goes.

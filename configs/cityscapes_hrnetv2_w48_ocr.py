@@ -1,8 +1,13 @@
-r"""HRNetV2-W48-OCR, Cityscapes train, HRNet-Seg recipe: 81.6 val mIoU (single scale).
+r"""HRNetV2-W48-OCR, Cityscapes train, HRNet-Seg recipe: 81.6 val mIoU (single scale, whole image).
 
-Source: HRNet/HRNet-Semantic-Segmentation (HRNet-OCR branch) experiments/cityscapes/
-seg_hrnet_ocr_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml; auxiliary loss weight 0.4.
-The OCR head has NVIDIA's module layout (psa_jax.models.ocr), so NVIDIA OCR checkpoints load.
+Every value comes from HRNet/HRNet-Semantic-Segmentation, branch HRNet-OCR ("HRNet-Seg"):
+  experiments/cityscapes/seg_hrnet_ocr_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml
+        network, crop, loss weights, optimizer, epochs, batch, training and test settings
+  lib/utils/utils.py::adjust_learning_rate     poly (1 - it / max_it) ** 0.9, every iteration
+  lib/datasets/base_dataset.py::gen_sample     scale {0.5, ..., 2.1} x 2048, crop, flip
+  lib/datasets/cityscapes.py, tools/train.py   class-weighted cross entropy (weights always passed)
+The OCR head has NVIDIA's module layout (psa_jax.models.ocr), so NVIDIA OCR checkpoints load; with
+it the bilinear convention is NVIDIA's align_corners=False.
 """
 
 from psa_jax.training.config_schema import seg_config
@@ -10,7 +15,38 @@ from psa_jax.training.config_schema import seg_config
 
 def get_config():
     c = seg_config()
+    # Network (yaml MODEL: seg_hrnet_ocr W48, NUM_OUTPUTS 2; OCR head in NVIDIA's layout).
+    c.model.name = "seg_hrnet"
     c.model.width = "w48"
     c.model.ocr = True
+    c.model.attention = "none"
     c.model.align_corners = "false"
+    # Crop and augmentation (yaml TRAIN: IMAGE_SIZE [1024, 512] (w, h), BASE_SIZE 2048,
+    # MULTI_SCALE, SCALE_FACTOR 16, FLIP; gen_sample): the 'hrnet_seg' preset.
+    c.data.crop_size = (512, 1024)
+    c.data.augment = "hrnet_seg"
+    # Loss (yaml LOSS: USE_OHEM false, BALANCE_WEIGHTS [0.4, 1] = aux, main; class weights).
+    c.loss.recipe = "hrnet_seg"
+    c.loss.class_weights = True
+    c.loss.use_ohem = False
+    c.loss.aux_weight = 0.4
+    # Optimizer (yaml TRAIN): SGD, LR 0.01, MOMENTUM 0.9, WD 0.0005, NESTEROV false.
+    c.optimizer.name = "sgd"
+    c.optimizer.lr = 0.01
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 5e-4
+    c.optimizer.nesterov = False
+    c.optimizer.grad_clip_norm = 0.0
+    # Schedule (utils.py::adjust_learning_rate): poly 0.9 per iteration, no warm-up.
+    c.schedule.name = "poly"
+    c.schedule.power = 0.9
+    c.schedule.warmup_steps = 0
+    # Length and batch (yaml TRAIN): END_EPOCH 484; BATCH_SIZE_PER_GPU 3 x GPUS (0,1,2,3).
+    c.num_epochs = 484
+    c.batch_size = 12
+    # Evaluation (yaml TEST: IMAGE_SIZE [2048, 1024], MULTI_SCALE false, FLIP_TEST false): the whole
+    # image at one scale, no flip.
+    c.eval.mode = "whole"
+    c.eval.scales = ()
+    c.eval.flip = False
     return c

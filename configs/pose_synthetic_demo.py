@@ -24,9 +24,11 @@ def get_config():
     c.data.codec = "udp"
     c.batch_size = 16
     c.num_steps = 360
+    c.num_epochs = 210                # not used (num_steps > 0); the value this demo always carried
     c.log_every_steps = 20
     c.optimizer.lr = 2e-3
     c.schedule.name = "constant"
+    c.schedule.milestones = (170, 200)  # not used by 'constant'; the value this demo always carried
     c.schedule.warmup_steps = 30
     c.eval.every_steps = 180
     c.eval.batch_size = 32

@@ -25,6 +25,7 @@ def get_config():
     c.loss.class_weights = False
     c.batch_size = 8
     c.num_steps = 240
+    c.num_epochs = 484                # not used (num_steps > 0); the value this demo always carried
     c.log_every_steps = 20
     c.optimizer.name = "adam"
     c.optimizer.lr = 2e-3

@@ -21,8 +21,9 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# A copy of ../shared/data/coco_sample (4 real COCO val2017 images, see its README), kept in the
-# repository so that the suite runs from any clean checkout.
+# 4 real COCO val2017 images with their person keypoint annotations and detector boxes, in COCO's
+# own layout (provenance and licences in tests/data/coco_sample/README.md), kept in the repository
+# so that the suite runs from any clean checkout.
 COCO_SAMPLE = REPO / "tests" / "data" / "coco_sample"
 
 

@@ -81,3 +81,91 @@ def test_unknown_option_values_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="config.task"):
         get_task(config, tmp_path)
     assert jax.device_count() >= 1
+
+
+# The recipe each published-setting file documents (its docstring and comments): a changed value
+# must fail here as well as in the file's text.
+_HRNET_POSE_AUGMENT = {"data.augment.half_body_prob": 0.3, "data.augment.num_joints_half_body": 8,
+                       "data.augment.scale_factor": 0.35, "data.augment.rotation_factor": 45.0,
+                       "data.augment.rotation_prob": 0.6, "data.augment.flip": True, "data.augment.flip_prob": 0.5}
+_POSE_EVAL = {"eval.boxes": "gt", "eval.final_boxes": "det", "eval.det_score_threshold": 0.0, "eval.flip_test": True}
+_HRNET_POSE = {"model.name": "pose_hrnet", "model.attention": "none", "data.codec": "msra", "data.sigma": 0.0,
+               "optimizer.name": "adam", "optimizer.lr": 1e-3, "optimizer.weight_decay": 0.0,
+               "optimizer.b1": 0.9, "optimizer.b2": 0.999, "optimizer.eps": 1e-8, "optimizer.grad_clip_norm": 0.0,
+               "schedule.name": "multistep", "schedule.milestones": (170, 200), "schedule.gamma": 0.1,
+               "schedule.warmup_steps": 0, "num_epochs": 210, **_HRNET_POSE_AUGMENT, **_POSE_EVAL}
+_UDP_PSA_POSE = {"model.name": "pose_hrnet", "model.width": "w48", "model.placement": "basic", "data.codec": "udp",
+                 "data.sigma": 0.0, "optimizer.name": "adam", "optimizer.lr": 3e-3, "optimizer.weight_decay": 0.0,
+                 "optimizer.b1": 0.9, "optimizer.b2": 0.999, "optimizer.eps": 1e-8, "optimizer.grad_clip_norm": 0.0,
+                 "schedule.name": "multistep", "schedule.milestones": (170, 200), "schedule.gamma": 0.1,
+                 "schedule.warmup_steps": 500, "schedule.warmup_ratio": 0.001, "num_epochs": 210, "batch_size": 192,
+                 **_HRNET_POSE_AUGMENT, **_POSE_EVAL}
+_HRNET_SEG = {"model.name": "seg_hrnet", "model.width": "w48", "model.attention": "none",
+              "data.crop_size": (512, 1024), "data.augment": "hrnet_seg",
+              "loss.recipe": "hrnet_seg", "loss.class_weights": True, "loss.use_ohem": False,
+              "optimizer.name": "sgd", "optimizer.lr": 0.01, "optimizer.momentum": 0.9, "optimizer.weight_decay": 5e-4,
+              "optimizer.nesterov": False, "optimizer.grad_clip_norm": 0.0,
+              "schedule.name": "poly", "schedule.power": 0.9, "schedule.warmup_steps": 0,
+              "num_epochs": 484, "batch_size": 12, "eval.mode": "whole", "eval.scales": (), "eval.flip": False}
+_NVIDIA_MSCALE = {"model.name": "mscale_ocr", "model.width": "w48", "model.placement": "basic",
+                  "model.align_corners": "false", "model.eval_scales": (0.5, 1.0, 2.0),
+                  "data.crop_size": (1024, 2048), "data.augment": "nvidia",
+                  "loss.recipe": "nvidia_mscale", "loss.aux_weight": 0.4,
+                  "optimizer.name": "sgd", "optimizer.lr": 5e-3, "optimizer.momentum": 0.9,
+                  "optimizer.weight_decay": 1e-4, "optimizer.nesterov": False, "optimizer.grad_clip_norm": 0.0,
+                  "schedule.name": "poly_epoch", "schedule.power": 2.0, "schedule.warmup_steps": 0,
+                  "num_epochs": 175, "batch_size": 8,
+                  "eval.mode": "mscale", "eval.scales": (0.5, 1.0, 2.0), "eval.flip": False}
+RECIPES = {
+    "coco_w32_256x192": {**_HRNET_POSE, "model.width": "w32", "data.input_size": (256, 192), "batch_size": 128},
+    "coco_w48_384x288": {**_HRNET_POSE, "model.width": "w48", "data.input_size": (384, 288), "batch_size": 96},
+    "coco_w48_256x192_udp_psa_p": {**_UDP_PSA_POSE, "model.attention": "psa_p", "data.input_size": (256, 192)},
+    "coco_w48_384x288_udp_psa_p": {**_UDP_PSA_POSE, "model.attention": "psa_p", "data.input_size": (384, 288)},
+    "coco_w48_384x288_udp_psa_s": {**_UDP_PSA_POSE, "model.attention": "psa_s", "data.input_size": (384, 288)},
+    "cityscapes_hrnetv2_w48": {**_HRNET_SEG, "model.ocr": False, "model.align_corners": "auto"},
+    "cityscapes_hrnetv2_w48_ocr": {**_HRNET_SEG, "model.ocr": True, "model.align_corners": "false",
+                                   "loss.aux_weight": 0.4},
+    "cityscapes_mscale_ocr_psa_p": {**_NVIDIA_MSCALE, "model.attention": "psa_p"},
+    "cityscapes_mscale_ocr_psa_s": {**_NVIDIA_MSCALE, "model.attention": "psa_s"},
+}
+
+
+def _value(config, dotted):
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return tuple(value) if isinstance(value, (tuple, list)) else value
+
+
+@pytest.mark.parametrize("stem", sorted(RECIPES))
+def test_published_config_has_its_documented_recipe(stem):
+    config = _load(next(p for p in CONFIGS if p.stem == stem))
+    got = {key: _value(config, key) for key in RECIPES[stem]}
+    assert got == RECIPES[stem]
+    for key, value in RECIPES[stem].items():   # same types too: 1 == 1.0 and True == 1 above
+        assert type(got[key]) is type(value), key
+
+
+@pytest.mark.parametrize("a, b, differ", [
+    ("cityscapes_mscale_ocr_psa_p", "cityscapes_mscale_ocr_psa_s", {"model.attention"}),
+    ("coco_w48_384x288_udp_psa_p", "coco_w48_384x288_udp_psa_s", {"model.attention"}),
+    ("coco_w48_256x192_udp_psa_p", "coco_w48_384x288_udp_psa_p", {"data.input_size"}),
+])
+def test_twin_configs_differ_only_where_their_names_do(a, b, differ):
+    """Twins write their recipe out in full; this keeps the two copies equal."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    ca, cb = (flat(_load(next(p for p in CONFIGS if p.stem == s)).to_dict()) for s in (a, b))
+    assert ca.keys() == cb.keys()
+    assert {k for k in ca if ca[k] != cb[k]} == differ
+
+
+def test_configs_start_from_the_schema_only():
+    """No recipe holders: a config file imports nothing but the schema constructors."""
+    for path in CONFIGS:
+        imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
+        assert all(line.startswith("from psa_jax.training.config_schema import ") for line in imports), path.name

@@ -5,25 +5,40 @@ import optax
 import pytest
 import torch
 
+from psa_jax.training.config_schema import common_config
 from psa_jax.training.optimizers import make_optimizer, make_schedule
 
 
+def _schedule(**values):
+    """config.schedule as the schema builds it, with `values` set."""
+    cfg = common_config().schedule
+    cfg.update(values)
+    return cfg
+
+
+def _optimizer(**values):
+    """config.optimizer as the schema builds it, with `values` set."""
+    cfg = common_config().optimizer
+    cfg.update(values)
+    return cfg
+
+
 def test_multistep_changes_at_epoch_boundaries():
-    s = make_schedule({"name": "multistep", "milestones": (2, 3), "gamma": 0.1}, base_lr=1.0, steps_per_epoch=10,
+    s = make_schedule(_schedule(name="multistep", milestones=(2, 3), gamma=0.1), base_lr=1.0, steps_per_epoch=10,
                       total_steps=50)
     assert [float(s(t)) for t in (0, 19, 20, 29, 30, 49)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
 def test_poly_per_step_and_per_epoch():
-    s = make_schedule({"name": "poly", "power": 0.9}, base_lr=0.01, steps_per_epoch=10, total_steps=100)
+    s = make_schedule(_schedule(name="poly", power=0.9), base_lr=0.01, steps_per_epoch=10, total_steps=100)
     assert float(s(25)) == pytest.approx(0.01 * (1 - 25 / 100) ** 0.9, rel=1e-5)
-    e = make_schedule({"name": "poly_epoch", "power": 2.0}, base_lr=0.005, steps_per_epoch=10, total_steps=100)
+    e = make_schedule(_schedule(name="poly_epoch", power=2.0), base_lr=0.005, steps_per_epoch=10, total_steps=100)
     # NVIDIA steps its scheduler per epoch: constant within an epoch.
     assert float(e(20)) == float(e(29)) == pytest.approx(0.005 * (1 - 2 / 10) ** 2, rel=1e-5)
 
 
 def test_linear_warmup_as_mmcv():
-    s = make_schedule({"name": "constant", "warmup_steps": 500, "warmup_ratio": 0.001}, base_lr=3e-3,
+    s = make_schedule(_schedule(name="constant", warmup_steps=500, warmup_ratio=0.001), base_lr=3e-3,
                       steps_per_epoch=100, total_steps=10000)
     assert float(s(0)) == pytest.approx(3e-3 * 0.001, rel=1e-4)
     assert float(s(250)) == pytest.approx(3e-3 * (1 - 0.5 * 0.999), rel=1e-4)
@@ -35,7 +50,7 @@ def test_updates_match_pytorch(name):
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(5, 3)).astype(np.float32)
     grads = [rng.normal(size=(5, 3)).astype(np.float32) for _ in range(4)]
-    cfg = {"name": name, "weight_decay": 5e-4 if name == "sgd" else 0.0, "momentum": 0.9}
+    cfg = _optimizer(name=name, weight_decay=5e-4 if name == "sgd" else 0.0, momentum=0.9)
     tx = make_optimizer(cfg, optax.constant_schedule(0.01))
     params = jnp.asarray(w0)
     state = tx.init(params)
@@ -52,6 +67,20 @@ def test_updates_match_pytorch(name):
 
 def test_unknown_names_are_rejected():
     with pytest.raises(ValueError, match="optimizer.name"):
-        make_optimizer({"name": "lamb"}, optax.constant_schedule(1.0))
+        make_optimizer(_optimizer(name="lamb"), optax.constant_schedule(1.0))
     with pytest.raises(ValueError, match="schedule.name"):
-        make_schedule({"name": "cosine"}, base_lr=1.0, steps_per_epoch=1, total_steps=1)
+        make_schedule(_schedule(name="cosine"), base_lr=1.0, steps_per_epoch=1, total_steps=1)
+
+
+def test_an_incomplete_section_is_refused_with_the_missing_key():
+    """No second set of defaults: a mapping without a key the optimizer or schedule needs fails."""
+    with pytest.raises(KeyError, match=r"config\.optimizer\.grad_clip_norm"):
+        make_optimizer({"name": "sgd"}, optax.constant_schedule(1.0))
+    cfg = _optimizer(name="adam").to_dict()
+    del cfg["b2"]
+    with pytest.raises(KeyError, match=r"config\.optimizer\.b2"):
+        make_optimizer(cfg, optax.constant_schedule(1.0))
+    with pytest.raises(KeyError, match=r"config\.schedule\.power"):
+        make_schedule({"name": "poly"}, base_lr=1.0, steps_per_epoch=1, total_steps=1)
+    with pytest.raises(KeyError, match=r"config\.schedule\.warmup_steps"):
+        make_schedule({"name": "constant"}, base_lr=1.0, steps_per_epoch=1, total_steps=1)

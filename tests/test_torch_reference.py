@@ -1,8 +1,11 @@
 """Self-checks of the PyTorch reference networks in psa_jax/torch_reference (parity references).
 
-Exact numbers come from independent sources: published/independently counted parameter totals
-(pose_and_seg_recipes.md A2, HRNet-Image-Classification README), the closed-form PSA block sizes
-(psa_module.md 7.3) and key names / shapes of the official PSA checkpoints (psa_module.md 8.2).
+Exact numbers come from independent sources: published parameter totals (the READMEs of
+leoxiaobin/deep-high-resolution-net.pytorch, HRNet-Semantic-Segmentation and
+HRNet-Image-Classification, matched by an independent count of the conv and BN parameters), the
+closed-form PSA block sizes (``psa.psa_param_count``, from the layer shapes) and the key names /
+shapes of the official PSA checkpoints (as NVIDIA/semantic-segmentation + DeLightCMU/PSA save
+them; see ``psa_jax/torch_reference/hrnet_seg.py``).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ torch = pytest.importorskip("torch")
 from psa_jax.torch_reference import count_params, randomize_  # noqa: E402
 from psa_jax.torch_reference import hrnet_cls, hrnet_pose, hrnet_seg, psa, resnet_pose  # noqa: E402
 
-W48_PSA_BLOCKS = {48: 32, 96: 32, 192: 28, 384: 12}  # psa_module.md 5.1: 104 blocks
+W48_PSA_BLOCKS = {48: 32, 96: 32, 192: 28, 384: 12}  # 104 stage 2-4 BasicBlocks of HRNet-W48
 
 
 def _meta(factory):
@@ -38,8 +41,8 @@ def _sd_shapes(net):
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread():
-    """One intra-op thread: on this 2-core machine (and under xdist -n 2) a second OpenMP thread
-    spin-waits against other processes and makes these small forwards ~10x slower."""
+    """One intra-op thread: on a 2-core machine (and under xdist -n 2) a second OpenMP thread
+    spin-waits against other processes and makes these small forwards many times slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -167,7 +170,7 @@ def test_pose_w32_psa_overhead(kind, published_m):
     per_c = {32: 32, 64: 32, 128: 28, 256: 12}
     extra = sum(k * psa.psa_param_count(kind, c) for c, k in per_c.items())
     assert count_params(net) == 28_536_113 + extra
-    assert round(extra / 1e6, 2) == published_m  # psa_module.md 7.3
+    assert round(extra / 1e6, 2) == published_m  # the overhead rounded to 0.01 M params
     keys = _sd_shapes(net)
     assert not any(k.startswith("layer1.") and "deattn" in k for k in keys)
     assert keys["stage2.0.branches.0.0.deattn.conv_q_right.weight"] == (1, 32, 1, 1)
@@ -285,7 +288,7 @@ def test_mscale_psa_blocks_and_param_bookkeeping(kind, published_m, seg_w48_meta
     assert per_c == W48_PSA_BLOCKS
     extra = sum(count_params(m) for _, m in blocks)
     assert extra == sum(k * psa.psa_param_count(kind, c) for c, k in W48_PSA_BLOCKS.items())
-    # psa_module.md 7.3 lists +5.39 M / +6.36 M; the exact sums are 5,384,544 / 6,355,200.
+    # Rounded: +5.39 M (PSA_s) / +6.36 M (PSA_p); the exact sums are 5,384,544 / 6,355,200.
     assert abs(extra / 1e6 - published_m) < 0.006
     # The trunk without PSA is exactly HRNet-Seg's W48 without its head.
     assert count_params(net.backbone) - extra == \

@@ -7,19 +7,19 @@ Call `configure_xla()` at the very start of a program (before the first JAX comp
    slow generic code; routing each convolution to oneDNN
    (`--xla_cpu_experimental_onednn_fusion_type=individual_convolution` and taking convolutions
    away from YNNPACK with `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`)
-   took the HRNet-W32 train step from about 1.7 to 3.0 img/s on a 2-core host
-   (`shared/reference/cpu_performance.md`; `benchmarks/NOTES.md`). The flags are experimental, so
-   they are added only when (a) the program will run on the CPU backend and (b) the installed
-   jaxlib knows them (an unknown flag in `XLA_FLAGS` aborts the process).
+   makes HRNet's convolution-bound train and inference steps markedly faster (measurements in
+   `benchmarks/NOTES.md`). The flags are experimental, so they are added only when (a) the
+   program will run on the CPU backend and (b) the installed jaxlib knows them (an unknown flag
+   in `XLA_FLAGS` aborts the process).
 2. **Persistent compilation cache** (`cache_dir`): compiled programs are stored on disk and a
    later process with the same program, flags and jaxlib loads them instead of compiling.
 
 Per-program options (`cpu_compiler_options`, for `jax.jit(..., compiler_options=...)`) choose
 XLA:CPU's HLO scheduler for one program: 'memory' (`CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`) orders
 the train step for the smallest live set; XLA's default orders it for concurrency between
-independent kernels. On HRNet-W32 (2-core host) the memory scheduler cut the train step's XLA
-temp buffer from 1,541 to 1,274 MB (no attention) and from 2,632 to 1,680 MB (PSA_s) and cost
-4-10% of training speed (`benchmarks/NOTES.md`); train.py uses it on CPU (`config.cpu_scheduler`).
+independent kernels. The memory scheduler trades a few percent of training speed for a
+noticeably smaller XLA temp buffer, most of all with PSA (figures in `benchmarks/NOTES.md`);
+train.py uses it on CPU (`config.cpu_scheduler`).
 
 Deciding "will run on CPU" without initialising a backend: `JAX_PLATFORMS` (or `platform=`) is
 authoritative when set; otherwise the CPU is assumed only when no accelerator plugin is installed
@@ -88,7 +88,7 @@ def _jaxlib_binary() -> Path | None:
 def jaxlib_has_flags(flags: Sequence[str]) -> bool:
     """Whether every `--name=value` flag's name is compiled into the installed jaxlib.
 
-    Searches the jaxlib shared library for the flag names (memory-mapped, a few ms), because XLA
+    Searches the jaxlib shared library for the flag names (memory-mapped, cheap), because XLA
     aborts on an unknown flag and asking XLA would initialise the backend.
     """
     binary = _jaxlib_binary()

@@ -246,8 +246,10 @@ def random_paper_weights(c: int, seed: int = 0, scale: float = 1.0) -> dict[str,
 
 
 def paper_psa_numpy(x_nchw: np.ndarray, weights: Mapping[str, np.ndarray], layout: str) -> np.ndarray:
-    """PSA as the PAPER formulates it (arXiv:2107.00782; also the formulation of the port
-    xmu-xiaoma666/External-Attention-pytorch ``model/attention/PolarizedSelfAttention.py``), float64 NumPy.
+    """PSA as the PAPER formulates it, float64 NumPy.
+
+    Paper: arXiv:2107.00782; the same formulation as the port
+    ``xmu-xiaoma666/External-Attention-pytorch: model/attention/PolarizedSelfAttention.py``.
 
     ``x_nchw``: (B, C, H, W). ``layout``: ``'parallel'`` or ``'sequential'``.
 

@@ -1,23 +1,34 @@
-"""The full schema of train.py / eval.py configs, with defaults; `configs/*.py` override fields.
+"""The schema of train.py / eval.py configs: every key, its default and its meaning, each written once.
 
-Every key a run can use exists here, so a mistyped override (`--config.optimizer.learnig_rate`)
-is rejected by ml_collections with the key's name instead of being silently ignored.
+`common_config()` holds the keys every task has; `pose_config()` and `seg_config()` add the
+sections of their task (`model`, `data`, `eval`, and `loss` for segmentation). A key that is not
+here does not exist, so a mistyped override (`--config.optimizer.learnig_rate`) is rejected by
+ml_collections with the key's name instead of being silently ignored. Code that reads a config
+(e.g. `optimizers.make_optimizer`) relies on every key being present and keeps no defaults of its
+own.
+
+The training-recipe keys (optimizer, schedule, epochs, batch) default to neutral placeholders, not
+to any paper's values: every published-setting file in configs/ starts from this schema, sets its
+whole recipe explicitly and names the reference file each value comes from (docs/recipes.md).
+Task-only keys (input size, codec, augmentation, evaluation) default to the values of the task's
+first reference (HRNet-pose for pose, HRNet-Seg for segmentation).
 """
 
 from __future__ import annotations
 
 import ml_collections as mlc
 
-__all__ = ["pose_config", "seg_config", "common_config", "udp_psa_pose_config", "nvidia_mscale_psa_config"]
+__all__ = ["common_config", "pose_config", "seg_config"]
 
 
 def common_config() -> mlc.ConfigDict:
+    """Keys of every task: run length, batch, optimizer, schedule, checkpoints, mesh, initialisation."""
     c = mlc.ConfigDict()
-    c.seed = 0
+    c.seed = 0                        # seeds the initialisation and the order/augmentation of the data
     c.batch_size = 32                 # global, over all devices and processes
-    c.num_epochs = 1
-    c.num_steps = 0                   # > 0 overrides num_epochs
-    c.log_every_steps = 50
+    c.num_epochs = 1                  # training length in passes over the training set
+    c.num_steps = 0                   # > 0 overrides num_epochs (and is then the schedules' total length)
+    c.log_every_steps = 50            # training metrics are written every this many steps
     c.log_grad_norm = False           # also log the gradients' global norm (+13-15 s first compile of W32 on CPU)
     # XLA:CPU's HLO scheduler for the train step: 'memory' (smallest live set), 'default' (XLA's,
     # favours concurrency) or 'concurrency'. Ignored on GPU/TPU. See xla_flags.cpu_compiler_options.
@@ -26,124 +37,175 @@ def common_config() -> mlc.ConfigDict:
     # for W32 on CPU); later jitted helpers (evaluation) trace again. Turn off when one process
     # calls train() many times (sweeps, notebooks, tests).
     c.clear_caches_after_compile = True
-    c.optimizer = mlc.ConfigDict(dict(name="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, nesterov=False,
-                                      b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0))
-    c.schedule = mlc.ConfigDict(dict(name="constant", milestones=(), gamma=0.1, power=0.9, warmup_steps=0,
-                                     warmup_ratio=0.001))
-    c.checkpoint = mlc.ConfigDict(dict(keep_latest=2, keep_best=1, async_save=True))
-    c.mesh = mlc.ConfigDict(dict(data=-1, model=1, shard_params=False))
+
+    # optimizers.make_optimizer reads every key of this section.
+    c.optimizer = mlc.ConfigDict()
+    c.optimizer.name = "adam"         # 'adam' | 'sgd' (optimizers.OPTIMIZERS)
+    c.optimizer.lr = 1e-3             # base learning rate; the schedule scales it
+    c.optimizer.weight_decay = 0.0    # PyTorch's coupled L2 (grad += wd * param) on every parameter; 0: none
+    c.optimizer.momentum = 0.9        # sgd: heavy-ball momentum (0: none); adam ignores it
+    c.optimizer.nesterov = False      # sgd: Nesterov momentum
+    c.optimizer.b1 = 0.9              # adam: first-moment decay (PyTorch's betas[0])
+    c.optimizer.b2 = 0.999            # adam: second-moment decay (PyTorch's betas[1])
+    c.optimizer.eps = 1e-8            # adam: denominator epsilon
+    c.optimizer.grad_clip_norm = 0.0  # clip the gradients to this global norm first; 0: no clipping
+
+    # optimizers.make_schedule reads every key of this section.
+    c.schedule = mlc.ConfigDict()
+    # 'constant' | 'multistep' (x gamma at each milestone) | 'poly' ((1 - step / total) ** power,
+    # every step) | 'poly_epoch' ((1 - epoch / epochs) ** power, constant within an epoch).
+    c.schedule.name = "constant"
+    c.schedule.milestones = ()        # multistep: the epochs at which the rate is multiplied by gamma
+    c.schedule.gamma = 0.1            # multistep: the factor applied at each milestone
+    c.schedule.power = 0.9            # poly, poly_epoch: the exponent
+    c.schedule.warmup_steps = 0       # linear warm-up over this many steps (mmcv's); 0: none
+    c.schedule.warmup_ratio = 0.001   # warm-up starts at lr * warmup_ratio
+
+    c.checkpoint = mlc.ConfigDict()
+    c.checkpoint.keep_latest = 2      # how many of the most recent checkpoints are kept
+    c.checkpoint.keep_best = 1        # how many of the best-metric checkpoints are kept
+    c.checkpoint.async_save = True    # write checkpoints in the background while training goes on
+
+    c.mesh = mlc.ConfigDict()
+    c.mesh.data = -1                  # devices on the 'data' axis; -1: all devices not on 'model'
+    c.mesh.model = 1                  # devices on the 'model' axis
+    c.mesh.shard_params = False       # split large parameters (and optimizer state) over 'model'
+
     # Initialisation: an orbax checkpoint written by train.py or `python -m psa_jax.tools.convert`
     # (model weights only), or a PyTorch file (`pytorch_layout`: 'imagenet' loads an ImageNet
     # HRNet classifier into the backbone; 'network' loads a whole network of the same layout).
-    c.init = mlc.ConfigDict(dict(checkpoint="", pytorch="", pytorch_layout="imagenet"))
+    c.init = mlc.ConfigDict()
+    c.init.checkpoint = ""            # orbax checkpoint directory; '': none
+    c.init.pytorch = ""               # PyTorch .pth file; '': none
+    c.init.pytorch_layout = "imagenet"  # 'imagenet' | 'network'
     c.distributed = False             # call jax.distributed.initialize() (multi-host)
     return c
 
 
+def _program(model: mlc.ConfigDict) -> None:
+    # Which program variant the network is built as: 'auto' picks from the platform the train step
+    # runs on, 'plain' = the portable program, 'xla_cpu' = the XLA:CPU workarounds; values identical.
+    model.program = "auto"
+
+
 def pose_config() -> mlc.ConfigDict:
-    """COCO top-down pose, HRNet-pose recipe defaults (W32, 256x192, MSRA targets, Adam 1e-3)."""
+    """The common keys plus top-down COCO pose: `model`, `data`, `eval`.
+
+    Task-only defaults are HRNet-pose's W32 256x192 values (MSRA targets, its augmentation and
+    evaluation); the training recipe is left to the config files.
+    """
     c = common_config()
-    c.task = "pose"
-    c.model = mlc.ConfigDict(dict(name="pose_hrnet", width="w32", depth=50, attention="none", placement="basic",
-                                  num_keypoints=17, dtype="float32"))
-    c.data = mlc.ConfigDict(dict(
-        manual_dir="",                # COCO layout: annotations/person_keypoints_*2017.json, train2017/, val2017/
-        data_dir="",                  # where tfds writes the prepared dataset ('' = WORKDIR/data)
-        input_size=(256, 192), codec="msra", sigma=0.0,   # sigma 0: 2 at 256x192, 3 at 384x288
-        augment=mlc.ConfigDict(dict(half_body_prob=0.3, num_joints_half_body=8, scale_factor=0.35,
-                                    rotation_factor=45.0, rotation_prob=0.6, flip=True, flip_prob=0.5)),
-        synthetic=mlc.ConfigDict(dict(enabled=False, num_train=0, num_val=0, image_size=(256, 256), seed=0)),
-        read_threads=2, prefetch=8, worker_count=0,
-        # Training batches as uint8 RGB, normalised on the device (a quarter of the bytes and no
-        # per-pixel host work); 'float32' gives host-normalised batches as the reference loader.
-        train_image_dtype="uint8"))
-    c.batch_size = 128
-    c.num_epochs = 210
-    c.schedule.name = "multistep"
-    c.schedule.milestones = (170, 200)
-    c.eval = mlc.ConfigDict(dict(split="validation", boxes="gt", final_boxes="det", flip_test=True, batch_size=64,
-                                 det_score_threshold=0.0, every_epochs=10, every_steps=0))
+    c.task = "pose"                   # selects psa_jax.tasks.pose (psa_jax.tasks.registry.TASKS)
+
+    c.model = mlc.ConfigDict()
+    c.model.name = "pose_hrnet"       # 'pose_hrnet' | 'pose_resnet' (SimpleBaseline)
+    c.model.width = "w32"             # pose_hrnet: 'w18_small' | 'w18' | 'w32' | 'w48' (models.hrnet.hrnet_spec)
+    c.model.depth = 50                # pose_resnet: ResNet depth
+    c.model.attention = "none"        # 'none' | 'psa_p' | 'psa_s' | ... (layers.registry.ATTENTION_NAMES)
+    c.model.placement = "basic"       # where the attention goes: 'basic' | 'all_residual' (models.options)
+    c.model.num_keypoints = 17        # heatmap channels (COCO's 17 keypoints)
+    c.model.dtype = "float32"         # compute dtype: 'float32' | 'bfloat16' | 'float16' (parameters stay float32)
+    _program(c.model)
+
+    c.data = mlc.ConfigDict()
+    c.data.manual_dir = ""            # COCO layout: annotations/person_keypoints_*2017.json, train2017/, val2017/
+    c.data.data_dir = ""              # where tfds writes the prepared dataset ('' = WORKDIR/data)
+    c.data.input_size = (256, 192)    # network input (height, width); heatmaps are a quarter of it
+    c.data.codec = "msra"             # targets, warp and decoding: 'msra' | 'dark' | 'udp' (data.pose_targets)
+    c.data.sigma = 0.0                # Gaussian sigma of the targets; 0: 2 at 256x192, 3 at 384x288
+    # Training augmentation (data.pose_pipeline.PoseAugmentConfig), applied in this order:
+    c.data.augment = mlc.ConfigDict()
+    c.data.augment.half_body_prob = 0.3      # probability of the half-body crop
+    c.data.augment.num_joints_half_body = 8  # half-body only with more than this many labelled joints
+    c.data.augment.scale_factor = 0.35       # box scale *= clip(N(1, sf), 1 - sf, 1 + sf)
+    c.data.augment.rotation_factor = 45.0    # rotation = clip(N(0, rf), -2 rf, 2 rf) degrees ...
+    c.data.augment.rotation_prob = 0.6       # ... with this probability, else 0
+    c.data.augment.flip = True               # horizontal flip with left/right joint swap ...
+    c.data.augment.flip_prob = 0.5           # ... with this probability
+    # Synthetic stick-figure scenes in COCO's layout instead of COCO (data.synthetic_coco).
+    c.data.synthetic = mlc.ConfigDict()
+    c.data.synthetic.enabled = False  # train and evaluate on generated scenes (manual_dir is not read)
+    c.data.synthetic.num_train = 0    # training images generated
+    c.data.synthetic.num_val = 0      # validation images generated
+    c.data.synthetic.image_size = (256, 256)  # generated image size (height, width)
+    c.data.synthetic.seed = 0         # seed of the generated scenes
+    c.data.read_threads = 2           # grain read threads
+    c.data.prefetch = 8               # grain read-ahead buffer, in records
+    c.data.worker_count = 0           # > 0: augmentation in this many worker processes
+    # Training batches as uint8 RGB, normalised on the device (a quarter of the bytes and no
+    # per-pixel host work); 'float32' gives host-normalised batches as the reference loader.
+    c.data.train_image_dtype = "uint8"
+
+    c.eval = mlc.ConfigDict()
+    c.eval.split = "validation"       # tfds split evaluated (val2017)
+    c.eval.boxes = "gt"               # person boxes of the periodic evaluation: 'gt' | 'det' (detector)
+    c.eval.final_boxes = "det"        # also evaluated after the last step ('' or == boxes: nothing more)
+    c.eval.flip_test = True           # average with the flipped image's heatmaps (codec's flip convention)
+    c.eval.batch_size = 64            # evaluation batch, per process
+    c.eval.det_score_threshold = 0.0  # 'det': drop detector boxes scoring below this
+    c.eval.every_epochs = 10          # evaluate (and checkpoint) every this many epochs ...
+    c.eval.every_steps = 0            # ... or, if > 0, every this many steps
     return c
 
 
 def seg_config() -> mlc.ConfigDict:
-    """Cityscapes, HRNet-Seg recipe defaults (HRNetV2-W48, 512x1024 crops, SGD 0.01 poly 0.9)."""
+    """The common keys plus Cityscapes segmentation: `model`, `data`, `loss`, `eval`.
+
+    Task-only defaults are HRNet-Seg's HRNetV2-W48 values (512x1024 crops, its augmentation and
+    loss, single-scale whole-image evaluation); the training recipe is left to the config files.
+    """
     c = common_config()
-    c.task = "seg"
-    c.model = mlc.ConfigDict(dict(name="seg_hrnet", width="w48", ocr=False, attention="none", placement="basic",
-                                  num_classes=19, align_corners="auto", eval_scales=(0.5, 1.0, 2.0),
-                                  dtype="float32"))
-    c.data = mlc.ConfigDict(dict(
-        manual_dir="",                # holds leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip
-        data_dir="",                  # tfds data dir ('' = WORKDIR/data)
-        cache_dir="",                 # '' (read the stock PNGs), 'auto' (DATA_DIR/cityscapes_cache) or a path
-        image_format="jpeg",          # training cache encoding: jpeg | png | raw
-        augment="hrnet_seg", crop_size=(512, 1024),
-        synthetic=mlc.ConfigDict(dict(enabled=False, num_train=0, num_val=0, height=64, width=128, seed=0)),
-        read_threads=2, prefetch=4, worker_count=0))
-    c.loss = mlc.ConfigDict(dict(recipe="hrnet_seg", class_weights=True, aux_weight=0.4, use_ohem=False,
-                                 ohem_thresh=0.9, ohem_min_kept=131072))
-    c.batch_size = 12
-    c.num_epochs = 484
-    c.optimizer = mlc.ConfigDict(dict(name="sgd", lr=0.01, weight_decay=5e-4, momentum=0.9, nesterov=False,
-                                      b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0))
-    c.schedule.name = "poly"
-    c.schedule.power = 0.9
-    c.eval = mlc.ConfigDict(dict(split="validation", mode="whole", scales=(), flip=False, window=(1024, 2048),
-                                 stride=(0, 0), batch_size=2, every_epochs=50, every_steps=0))
-    return c
+    c.task = "seg"                    # selects psa_jax.tasks.seg (psa_jax.tasks.registry.TASKS)
 
+    c.model = mlc.ConfigDict()
+    c.model.name = "seg_hrnet"        # 'seg_hrnet' (HRNetV2, optionally + OCR) | 'mscale_ocr' (NVIDIA)
+    c.model.width = "w48"             # 'w18_small' | 'w18' | 'w32' | 'w48' (models.hrnet.hrnet_spec)
+    c.model.ocr = False               # seg_hrnet: add the OCR head (NVIDIA's layout)
+    c.model.attention = "none"        # 'none' | 'psa_p' | 'psa_s' | ... (layers.registry.ATTENTION_NAMES)
+    c.model.placement = "basic"       # where the attention goes: 'basic' | 'all_residual' (models.options)
+    c.model.num_classes = 19          # Cityscapes trainIds
+    # seg_hrnet's bilinear convention: 'auto' (True for HRNetV2, False with OCR) | 'true' | 'false'.
+    # mscale_ocr always uses False (NVIDIA).
+    c.model.align_corners = "auto"
+    c.model.eval_scales = (0.5, 1.0, 2.0)  # mscale_ocr: the scales its default nscale merges (must hold 1.0)
+    c.model.dtype = "float32"         # compute dtype: 'float32' | 'bfloat16' | 'float16' (parameters stay float32)
+    _program(c.model)
 
-def udp_psa_pose_config(attention: str, input_size: tuple[int, int]) -> mlc.ConfigDict:
-    """UDP-Pose-PSA with HRNet-W48 (the DeLightCMU/PSA README's pose rows).
+    c.data = mlc.ConfigDict()
+    c.data.manual_dir = ""            # holds leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip
+    c.data.data_dir = ""              # tfds data dir ('' = WORKDIR/data)
+    c.data.cache_dir = ""             # '' (read the stock PNGs), 'auto' (DATA_DIR/cityscapes_cache) or a path
+    c.data.image_format = "jpeg"      # training cache encoding: jpeg | png | raw
+    c.data.augment = "hrnet_seg"      # preset of data.seg_pipeline.AUGMENT_PRESETS: 'hrnet_seg' | 'nvidia'
+    c.data.crop_size = (512, 1024)    # training crop (height, width); replaces the preset's crop
+    # Generated Cityscapes-layout zips instead of Cityscapes (data.fake_cityscapes).
+    c.data.synthetic = mlc.ConfigDict()
+    c.data.synthetic.enabled = False  # train and evaluate on generated scenes (manual_dir is not read)
+    c.data.synthetic.num_train = 0    # training images generated
+    c.data.synthetic.num_val = 0      # validation images generated
+    c.data.synthetic.height = 64      # generated image height
+    c.data.synthetic.width = 128      # generated image width
+    c.data.synthetic.seed = 0         # seed of the generated scenes
+    c.data.read_threads = 2           # grain read threads
+    c.data.prefetch = 4               # grain read-ahead buffer, in records
+    c.data.worker_count = 0           # > 0: augmentation in this many worker processes
 
-    No pose code or config was released with PSA (psa_module.md §5.3, §6.2); this follows the UDP
-    baseline it names: HuangJunJie2017/UDP-Pose mmpose branch configs/top_down/hrnet/coco/
-    hrnet_w32_coco_256x192_udp.py (Adam 3e-3 with 500-iteration linear warm-up from x0.001, x0.1
-    at epochs 170/200, 210 epochs, 48 images per GPU, UDP warp and targets, flip test without
-    shift), with PSA after conv1-BN-ReLU of every stage 2-4 BasicBlock as in the official
-    segmentation code. Placement and schedule of the PSA pose runs could not be verified.
-    """
-    c = pose_config()
-    c.model.width = "w48"
-    c.model.attention = attention
-    c.data.input_size = tuple(input_size)
-    c.data.codec = "udp"
-    c.batch_size = 192
-    c.optimizer.lr = 3e-3
-    c.schedule.warmup_steps = 500
-    c.schedule.warmup_ratio = 0.001
-    return c
+    c.loss = mlc.ConfigDict()
+    c.loss.recipe = "hrnet_seg"       # 'hrnet_seg' (cross entropy) | 'nvidia_mscale' (BCE + RMI, two scales)
+    c.loss.class_weights = True       # hrnet_seg: HRNet-Seg's Cityscapes class weights
+    c.loss.aux_weight = 0.4           # weight of the OCR auxiliary (soft object region) loss
+    c.loss.use_ohem = False           # hrnet_seg: online hard example mining on the main output
+    c.loss.ohem_thresh = 0.9          # OHEM: keep pixels whose true-class probability is below this ...
+    c.loss.ohem_min_kept = 131072     # ... but at least this many per batch
 
-
-def nvidia_mscale_psa_config(attention: str) -> mlc.ConfigDict:
-    """HRNetV2-OCR + PSA as NVIDIA's HRNet_Mscale: the network and recipe of the released PSA checkpoints.
-
-    Recipe: NVIDIA semantic-segmentation scripts/train_cityscapes.yml as the PSA repository ships
-    it (psa_module.md §6.1): MscaleOCR two-scale training (0.5x / 1.0x), 0.5 BCE + 0.5 RMI on the
-    joint prediction, 0.4 auxiliary, 0.05 per-scale supervision; SGD 5e-3 (8 GPUs, 1 image each),
-    momentum 0.9, weight decay 1e-4, poly exponent 2 stepped per epoch, 175 epochs; crops
-    1024x2048, scale 0.5-2.0, colour jitter 0.25; evaluation with hierarchical multi-scale attention
-    at 0.5/1.0/2.0, no flip. Not reproduced: NVIDIA's class-uniform crop sampling and the Mapillary
-    pre-training (`--snapshot`); start from ImageNet HRNet-W48 with config.init.pytorch.
-    """
-    c = seg_config()
-    c.model.name = "mscale_ocr"
-    c.model.width = "w48"
-    c.model.attention = attention
-    c.model.align_corners = "false"
-    c.data.augment = "nvidia"
-    c.data.crop_size = (1024, 2048)
-    c.data.cache_dir = "auto"
-    c.loss.recipe = "nvidia_mscale"
-    c.batch_size = 8
-    c.num_epochs = 175
-    c.optimizer.lr = 5e-3
-    c.optimizer.weight_decay = 1e-4
-    c.schedule.name = "poly_epoch"
-    c.schedule.power = 2.0
-    c.eval.mode = "mscale"
-    c.eval.scales = (0.5, 1.0, 2.0)
-    c.eval.batch_size = 1
-    c.eval.every_epochs = 25
+    c.eval = mlc.ConfigDict()
+    c.eval.split = "validation"       # tfds split evaluated (the 500 val images)
+    c.eval.mode = "whole"             # 'whole' | 'slide' | 'multiscale' | 'mscale' (evaluation.seg_evaluator)
+    c.eval.scales = ()                # multiscale / mscale scales; (): the mode's default
+    c.eval.flip = False               # multiscale: also average the flipped image
+    c.eval.window = (1024, 2048)      # slide / multiscale: window (height, width)
+    c.eval.stride = (0, 0)            # slide / multiscale: window stride; (0, 0): the mode's default
+    c.eval.batch_size = 2             # evaluation batch, per process
+    c.eval.every_epochs = 50          # evaluate (and checkpoint) every this many epochs ...
+    c.eval.every_steps = 0            # ... or, if > 0, every this many steps
     return c

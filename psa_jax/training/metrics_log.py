@@ -85,8 +85,8 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike, ti
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    # Fixed margins (in inches) instead of tight_layout, which measured every tick label and made
-    # a plot cost 1-5 s per evaluation on a busy CPU host.
+    # Fixed margins (in inches) instead of tight_layout, which measures every tick label and is
+    # slow on a busy host.
     width = 4.2 * panels
     fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.16, top=0.8 if title else 0.88,
                         wspace=0.3)

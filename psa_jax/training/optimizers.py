@@ -10,6 +10,10 @@
 Weight decay is PyTorch's coupled L2 (`grad += wd * param` before momentum), applied to every
 parameter as the references do (BN and biases included). Schedules are functions of the step;
 epoch-based milestones are converted with `steps_per_epoch`.
+
+The keys and their defaults are those of `config.optimizer` / `config.schedule` in
+`psa_jax.training.config_schema`; this module keeps no defaults of its own and refuses a mapping
+that lacks a key it needs, naming the key.
 """
 
 from __future__ import annotations
@@ -26,20 +30,25 @@ SCHEDULES = ("constant", "multistep", "poly", "poly_epoch")
 OPTIMIZERS = ("adam", "sgd")
 
 
-def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    return cfg[key] if key in cfg else default
+def _key(cfg: Mapping[str, Any], section: str, key: str) -> Any:
+    """`cfg[key]`, or a KeyError naming `config.<section>.<key>` when the mapping lacks it."""
+    if key not in cfg:
+        raise KeyError(f"config.{section}.{key} is missing: pass the complete config.{section} section "
+                       "(psa_jax.training.config_schema.common_config() has every key with its default)")
+    return cfg[key]
 
 
 def make_schedule(cfg: Mapping[str, Any], *, base_lr: float, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """Learning rate as a function of the step.
 
-    cfg keys: `name` ('constant' | 'multistep' | 'poly' | 'poly_epoch'), `milestones` (epochs,
-    multistep), `gamma` (multistep factor, 0.1), `power` (poly exponent: 0.9 HRNet-Seg, 2.0
-    NVIDIA), `warmup_steps` and `warmup_ratio` (linear warm-up from `base_lr * ratio`).
+    cfg: `config.schedule`: `name` ('constant' | 'multistep' | 'poly' | 'poly_epoch'),
+    `milestones` (epochs, multistep), `gamma` (multistep factor), `power` (poly exponent: 0.9
+    HRNet-Seg, 2.0 NVIDIA), `warmup_steps` and `warmup_ratio` (linear warm-up from
+    `base_lr * ratio`). The keys the chosen schedule uses must be present (KeyError otherwise).
     'poly' decays every step, `(1 - step / total_steps) ** power`; 'poly_epoch' only at epoch
     boundaries, `(1 - epoch / num_epochs) ** power`, as NVIDIA's scheduler (stepped per epoch).
     """
-    name = _get(cfg, "name", "constant")
+    name = _key(cfg, "schedule", "name")
     if name not in SCHEDULES:
         raise ValueError(f"schedule.name={name!r} is not one of {SCHEDULES}")
     steps_per_epoch = max(int(steps_per_epoch), 1)
@@ -47,23 +56,23 @@ def make_schedule(cfg: Mapping[str, Any], *, base_lr: float, steps_per_epoch: in
     if name == "constant":
         main = optax.constant_schedule(base_lr)
     elif name == "multistep":
-        gamma = float(_get(cfg, "gamma", 0.1))
-        boundaries = {int(m) * steps_per_epoch: gamma for m in _get(cfg, "milestones", ())}
+        gamma = float(_key(cfg, "schedule", "gamma"))
+        boundaries = {int(m) * steps_per_epoch: gamma for m in _key(cfg, "schedule", "milestones")}
         main = optax.piecewise_constant_schedule(base_lr, boundaries)
     elif name == "poly":
-        main = optax.polynomial_schedule(base_lr, 0.0, float(_get(cfg, "power", 0.9)), total_steps)
+        main = optax.polynomial_schedule(base_lr, 0.0, float(_key(cfg, "schedule", "power")), total_steps)
     else:
-        power = float(_get(cfg, "power", 2.0))
+        power = float(_key(cfg, "schedule", "power"))
         num_epochs = max(total_steps // steps_per_epoch, 1)
 
         def main(step):
             epoch = step // steps_per_epoch
             return base_lr * (1.0 - epoch / num_epochs) ** power
 
-    warmup = int(_get(cfg, "warmup_steps", 0))
+    warmup = int(_key(cfg, "schedule", "warmup_steps"))
     if warmup <= 0:
         return main
-    ratio = float(_get(cfg, "warmup_ratio", 0.001))
+    ratio = float(_key(cfg, "schedule", "warmup_ratio"))
 
     def schedule(step):
         # mmcv's linear warm-up: lr = main(step) * (1 - (1 - step / warmup) * (1 - ratio)).
@@ -74,24 +83,29 @@ def make_schedule(cfg: Mapping[str, Any], *, base_lr: float, steps_per_epoch: in
 
 
 def make_optimizer(cfg: Mapping[str, Any], schedule: optax.Schedule) -> optax.GradientTransformation:
-    """cfg keys: `name` ('adam' | 'sgd'), `weight_decay`, `momentum`, `nesterov`, `b1`, `b2`, `eps`,
-    `grad_clip_norm` (0: none)."""
-    name = _get(cfg, "name", "adam")
+    """The update rule of `config.optimizer`, its learning rate given by `schedule`.
+
+    cfg: `name` ('adam' | 'sgd'), `weight_decay`, `grad_clip_norm` (0: none), and `b1`, `b2`,
+    `eps` (adam) or `momentum`, `nesterov` (sgd). The keys the chosen optimizer uses must be
+    present (KeyError otherwise).
+    """
+    name = _key(cfg, "optimizer", "name")
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer.name={name!r} is not one of {OPTIMIZERS}")
     parts = []
-    clip = float(_get(cfg, "grad_clip_norm", 0.0))
+    clip = float(_key(cfg, "optimizer", "grad_clip_norm"))
     if clip > 0:
         parts.append(optax.clip_by_global_norm(clip))
-    wd = float(_get(cfg, "weight_decay", 0.0))
+    wd = float(_key(cfg, "optimizer", "weight_decay"))
     if wd > 0:
         parts.append(optax.add_decayed_weights(wd))
     if name == "adam":
-        parts.append(optax.scale_by_adam(b1=float(_get(cfg, "b1", 0.9)), b2=float(_get(cfg, "b2", 0.999)),
-                                         eps=float(_get(cfg, "eps", 1e-8))))
+        parts.append(optax.scale_by_adam(b1=float(_key(cfg, "optimizer", "b1")),
+                                         b2=float(_key(cfg, "optimizer", "b2")),
+                                         eps=float(_key(cfg, "optimizer", "eps"))))
     else:
-        momentum = float(_get(cfg, "momentum", 0.9))
+        momentum = float(_key(cfg, "optimizer", "momentum"))
         if momentum > 0:
-            parts.append(optax.trace(decay=momentum, nesterov=bool(_get(cfg, "nesterov", False))))
+            parts.append(optax.trace(decay=momentum, nesterov=bool(_key(cfg, "optimizer", "nesterov"))))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts)

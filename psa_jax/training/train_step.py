@@ -8,9 +8,8 @@ BatchNorm statistics are computed over the global batch (jit SPMD semantics: Syn
 The model and the optimizer travel through `jax.jit` as `nnx.State` pytrees
 (`nnx.split` / `nnx.merge`), and both are donated, so a step updates them in place. With
 `flat_state=True` they travel as flat lists of arrays (`jax.tree.leaves`; the tree structure is
-fixed when the step is built): rebuilding the thousands of `nnx.Variable`s of a W32 state from
-the jitted call's outputs cost about 0.09 s of host time per step (benchmarks/NOTES.md), which
-an accelerator step cannot hide.
+fixed when the step is built), which spares rebuilding the thousands of `nnx.Variable`s of a
+network's state from the jitted call's outputs on the host at every step.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["make_mesh", "mesh_platform", "state_shardings", "data_sharding", "make_train_step", "make_forward", "host_predict_fn", "LossFn"]
+__all__ = ["make_mesh", "mesh_platform", "state_shardings", "data_sharding", "make_train_step", "make_forward",
+           "host_predict_fn", "LossFn"]
 
 # (model outputs, batch) -> (scalar loss, dict of scalar metrics)
 LossFn = Callable[[Any, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
@@ -77,9 +77,8 @@ def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, lo
 
     Forward in training mode, `nnx.value_and_grad` of `loss_fn`, one optimizer update; BatchNorm
     statistics updated. Metrics: 'loss', 'lr' and whatever `loss_fn` reports; with `grad_norm`
-    also 'grad_norm' (the global L2 norm of the gradients). That metric is one reduction per
-    parameter array (about 1,000 for HRNet-W32), which XLA:CPU compiles as separate kernels: it
-    added 13-15 s to the W32 step's first compile on a 2-core host (benchmarks/NOTES.md).
+    also 'grad_norm' (the global L2 norm of the gradients; one reduction per parameter array,
+    so it lengthens the first compile on XLA:CPU).
     With `flat_state`, both states are passed and returned as `jax.tree.leaves(state)` lists, in
     the structure of `model_sharding` / `opt_sharding` (`jax.tree.unflatten` with
     `jax.tree.structure(model_sharding)` gives the `nnx.State` back). `preprocess` maps the
