@@ -3,9 +3,11 @@
 What importers use, by name (each loaded on first access, so that `import psa_jax` neither imports
 JAX nor initialises a backend: `psa_jax.runtime.xla_flags.configure_xla` can still run first):
 
-    from psa_jax import PolarizedSelfAttention, PSA_p, PSA_s, pose_hrnet, seg_hrnet, from_torch
+    from psa_jax import PSA_p, PSA_s, make_attention, pose_hrnet, seg_hrnet, from_torch
 
-    psa = PSA_p(64, rngs=nnx.Rngs(0))            # (B, H, W, 64) -> (B, H, W, 64)
+    psa = PSA_p(64, rngs=nnx.Rngs(0))            # (B, H, W, 64) -> (B, H, W, 64), official PSA_p
+    psa = PSA_s(64, formulation="paper", rngs=nnx.Rngs(0))   # the published equations, sequential
+    psa = make_attention("psa_s", 64, rngs=nnx.Rngs(0))      # by registry name (docs/psa.md)
     net = pose_hrnet("w32", attention="psa_p")    # (B, 256, 192, 3) -> (B, 64, 48, 17) heatmaps
 
 Sub-packages: `psa_jax.layers` (attention blocks), `psa_jax.models` (backbones, heads, networks),
@@ -21,8 +23,8 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(("PolarizedSelfAttention", "PSA_p", "PSA_s", "ChannelOnlyAttention", "SpatialOnlyAttention",
-                     "channel_only", "spatial_only", "make_attention", "ATTENTION_NAMES"), "psa_jax.layers"),
+    **dict.fromkeys(("PSA_p", "PSA_s", "PolarizedSelfAttention", "ChannelOnlyAttention", "SpatialOnlyAttention",
+                     "psa_macs", "make_attention", "ATTENTION_NAMES"), "psa_jax.layers"),
     **dict.fromkeys(("pose_hrnet", "seg_hrnet", "mscale_ocr", "pose_resnet", "HRNetBackbone", "PoseHRNet",
                      "SegHRNetV2", "MscaleOCR", "summary", "count_params"), "psa_jax.models"),
     **dict.fromkeys(("from_torch", "ConversionError"), "psa_jax.convert"),

@@ -10,14 +10,15 @@ from flax import nnx
 from psa_jax.convert import ConversionError, from_torch
 from psa_jax.layers import (
     ATTENTION_NAMES,
+    ChannelOnlyAttention,
+    PolarizedSelfAttention,
     PSA_p,
     PSA_s,
-    PolarizedSelfAttention,
-    channel_only,
+    SpatialOnlyAttention,
     make_attention,
-    spatial_only,
+    psa_macs,
 )
-from psa_jax.models import count_params
+from psa_jax.models import count_params, summary
 from psa_jax.torch_reference import randomize_
 from psa_jax.torch_reference.psa import make_psa, paper_psa_numpy, random_paper_weights
 
@@ -88,9 +89,9 @@ def test_branches_compose_as_the_paper_states(layout):
         return x1 * m.spatial_only.weights(x1)
 
     np.testing.assert_allclose(apply(m, x), composed(m, x), rtol=1e-5, atol=1e-6)
-    # The standalone branch builders compute x * A on their own.
-    ch = channel_only(c, rngs=nnx.Rngs(2))
-    sp = spatial_only(c, rngs=nnx.Rngs(3))
+    # The branches, built on their own, compute x * A.
+    ch = ChannelOnlyAttention(c, layout=layout, rngs=nnx.Rngs(2))
+    sp = SpatialOnlyAttention(c, layout=layout, rngs=nnx.Rngs(3))
     gated = nnx.jit(lambda m, x: x * m.weights(x))
     np.testing.assert_allclose(apply(ch, x), gated(ch, x), rtol=1e-6)
     np.testing.assert_allclose(apply(sp, x), gated(sp, x), rtol=1e-6)
@@ -106,6 +107,43 @@ def test_parameter_counts_match_the_layer_table(c):
     assert count("sequential", "official") == c + 3 * c * (c // 2) + (c // 2 * mid + mid) + 2 * mid + (mid * c + c)
     # Paper: q (C), three C x C/2 projections, W_z (C/2 x C), LayerNorm over C (2C).
     assert count("parallel", "paper") == count("sequential", "paper") == 2 * c * c + 3 * c
+
+
+_VARIANTS = {"psa_p": (PSA_p, "official"), "psa_s": (PSA_s, "official"),
+             "psa_p_paper": (PSA_p, "paper"), "psa_s_paper": (PSA_s, "paper")}
+
+
+@pytest.mark.parametrize("name", list(_VARIANTS))
+def test_registry_name_and_class_build_the_same_block(name):
+    cls, form = _VARIANTS[name]
+    by_name = make_attention(name, 16, rngs=nnx.Rngs(0))
+    by_class = cls(16, formulation=form, rngs=nnx.Rngs(0))
+    assert isinstance(by_class, PolarizedSelfAttention)
+    assert (by_name.layout, by_name.formulation) == (by_class.layout, by_class.formulation)
+    a, b = nnx.state(by_name, nnx.Param), nnx.state(by_class, nnx.Param)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(u, v)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, 16))
+    np.testing.assert_array_equal(apply(by_name, x), apply(by_class, x))
+
+
+@pytest.mark.parametrize("name", list(_VARIANTS))
+@pytest.mark.parametrize("c,hw", [(8, (1, 1)), (16, (5, 7)), (48, (13, 17))])
+def test_counted_macs_are_the_reference_convolutions(name, c, hw):
+    cls, form = _VARIANTS[name]
+    layout = "parallel" if cls is PSA_p else "sequential"
+    expected = psa_macs(c, hw, layout=layout, formulation=form)
+    n, half = hw[0] * hw[1], c // 2
+    up = half * (c // 8) + (c // 8) * c if name == "psa_s" else half * c
+    assert expected == n * (c + 3 * c * half) + up
+    block = summary(cls(c, formulation=form, rngs=nnx.Rngs(0)), hw, channels=c)
+    assert block["macs"] == expected
+    assert block["convs"] == (6 if name == "psa_s" else 5)
+    # Each branch on its own counts its share.
+    kw = {"layout": layout, "formulation": form, "rngs": nnx.Rngs(0)}
+    branches = [summary(b(c, **kw), hw, channels=c)["macs"] for b in (ChannelOnlyAttention, SpatialOnlyAttention)]
+    assert sum(branches) == expected
 
 
 @pytest.mark.parametrize("name", [n for n in ATTENTION_NAMES if n != "none"])
@@ -154,7 +192,7 @@ def test_blocks_keep_shape_under_jit(name, hw):
 
 
 def test_hrnet_init_makes_psa_p_an_identity_and_psa_s_a_quarter():
-    # psa_module.md §4: under HRNet's N(0, 1e-3) init, PSA_p ~ x and PSA_s ~ 0.25 x (Ach, Asp ~ 0.5).
+    # docs/psa.md: under HRNet's N(0, 1e-3) init, PSA_p ~ x and PSA_s ~ 0.25 x (Ach, Asp ~ 0.5).
     x = jax.random.normal(jax.random.key(0), (2, 16, 12, 48))
     p = apply(PSA_p(48, init="hrnet", rngs=nnx.Rngs(0)), x)
     np.testing.assert_allclose(p, x, rtol=2e-2, atol=2e-2)

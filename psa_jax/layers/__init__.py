@@ -6,19 +6,18 @@ from psa_jax.layers.global_context import GlobalContext
 from psa_jax.layers.non_local import NonLocal
 from psa_jax.layers.norm import BatchNorm, LayerNorm
 from psa_jax.layers.psa import (
-    PSA_p,
-    PSA_s,
     ChannelOnlyAttention,
     PolarizedSelfAttention,
+    PSA_p,
+    PSA_s,
     SpatialOnlyAttention,
-    channel_only,
-    spatial_only,
+    psa_macs,
 )
 from psa_jax.layers.registry import ATTENTION_NAMES, Identity, make_attention
 from psa_jax.layers.squeeze_excitation import SqueezeExcitation
 
 __all__ = [
-    "PolarizedSelfAttention", "PSA_p", "PSA_s", "ChannelOnlyAttention", "SpatialOnlyAttention",
-    "channel_only", "spatial_only", "SqueezeExcitation", "CBAM", "GlobalContext", "NonLocal",
+    "PSA_p", "PSA_s", "PolarizedSelfAttention", "ChannelOnlyAttention", "SpatialOnlyAttention", "psa_macs",
+    "SqueezeExcitation", "CBAM", "GlobalContext", "NonLocal",
     "Identity", "make_attention", "ATTENTION_NAMES", "Conv2d", "BatchNorm", "LayerNorm",
 ]

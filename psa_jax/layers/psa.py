@@ -14,18 +14,18 @@ same (layout, formulation) words and usable on their own. `psa_macs` gives the b
 multiply-adds in HRNet's counting convention from shapes alone; the forward passes hold only the
 math and report that count to an active `mac_counter.count_conv_macs` through a decorator.
 
-Notation: x (B, H, W, C), N = H*W, W_* bias-free 1x1 convolutions unless stated; equation numbers
-are the paper's (Sec. 3.1, arXiv v2).
+Notation: x (B, H, W, C), N = H*W, W_* bias-free 1x1 convolutions unless stated; 'paper' rows
+restate the published equations (arXiv 2107.00782, the section on the PSA block).
 
-Channel-only branch, A_ch (B, 1, 1, C)                                              paper Eq. (1)
+Channel-only branch, A_ch (B, 1, 1, C)                                       paper: channel-only
     official  A_ch = sigmoid(W_up(W_v^r(x) . softmax_N(W_q^r(x))))      W_q^r: C->1, W_v^r: C->C/2
               W_up: PSA_p a 1x1 C/2->C; PSA_s conv(C/2->C/8, +b) -> LN -> ReLU -> conv(C/8->C, +b)
     paper     A_ch = sigmoid(LN_C(W_z(W_v^r(x) . softmax_N(W_q^r(x)))))  W_z: C/2->C, LayerNorm over C
-Spatial-only branch, A_sp (B, H, W, 1), G = GAP(W_q^l(x)) (B, C/2)          paper Eqs. (4), (5)
+Spatial-only branch, A_sp (B, H, W, 1), G = GAP(W_q^l(x)) (B, C/2)   paper: spatial-only
     official PSA_p  A_sp = sigmoid(softmax_N(G . W_v^l(x)))              softmax over positions after the product
     official PSA_s  A_sp = sigmoid(G . softmax_N(W_v^l(x)))              softmax over positions of each C/2 row
     paper           A_sp = sigmoid(softmax_{C/2}(G) . W_v^l(x))          softmax over the pooled query
-Compositions (no residual inside PSA)                                       paper Eqs. (3), (6)-(8)
+Compositions (no residual inside PSA)                                    paper: compositions
     parallel    PSA_p(x) = x * A_ch(x) + x * A_sp(x)
     sequential  PSA_s(x) = x1 * A_sp(x1),  x1 = x * A_ch(x)
 
@@ -51,29 +51,38 @@ from flax import nnx
 
 from psa_jax.layers import initializers as inits
 from psa_jax.layers.conv import Conv2d
+from psa_jax.layers.mac_counter import reports_conv_macs
 from psa_jax.layers.norm import LayerNorm
 
 __all__ = [
-    "ChannelOnlyAttention", "SpatialOnlyAttention", "PolarizedSelfAttention", "PSA_p", "PSA_s",
-    "channel_only", "spatial_only", "Layout", "Formulation", "LAYOUTS", "FORMULATIONS",
+    "PSA_p", "PSA_s", "PolarizedSelfAttention", "ChannelOnlyAttention", "SpatialOnlyAttention",
+    "psa_macs", "Layout", "Formulation",
 ]
 
 Layout = Literal["parallel", "sequential"]
 Formulation = Literal["official", "paper"]
-LAYOUTS: tuple[str, ...] = ("parallel", "sequential")
-FORMULATIONS: tuple[str, ...] = ("official", "paper")
+_LAYOUTS: tuple[str, ...] = ("parallel", "sequential")
+_FORMULATIONS: tuple[str, ...] = ("official", "paper")
 _F32 = jnp.float32
 
 
-def _check_args(channels: int, formulation: str, layout: str | None = None) -> None:
-    if formulation not in FORMULATIONS:
-        raise ValueError(f"formulation={formulation!r} is not one of {FORMULATIONS}")
-    if layout is not None and layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
+def _check_args(channels: int, layout: str, formulation: str) -> None:
+    if formulation not in _FORMULATIONS:
+        raise ValueError(f"formulation={formulation!r} is not one of {_FORMULATIONS}")
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout={layout!r} is not one of {_LAYOUTS}")
     if not isinstance(channels, int) or channels < 2 or channels % 2:
         raise ValueError(f"channels={channels!r}: PSA halves the channels (C/2 query/value "
                          "projections), so channels must be an even integer >= 2")
-    if formulation == "official" and layout == "sequential" and channels // 2 // 4 < 1:
+
+
+def _official_sequential(layout: str, formulation: str) -> bool:
+    """Official PSA_s: bottleneck `conv_up` and the per-row spatial softmax."""
+    return layout == "sequential" and formulation == "official"
+
+
+def _check_bottleneck(channels: int, layout: str, formulation: str) -> None:
+    if _official_sequential(layout, formulation) and channels // 2 // 4 < 1:
         raise ValueError(f"channels={channels}: official PSA_s reduces C/2 by 4 in conv_up, so "
                          "channels must be >= 8")
 
@@ -86,11 +95,73 @@ def _check_input(x: jax.Array, channels: int, who: str) -> None:
                          f"(shape {x.shape})")
 
 
+# ---------------------------------------------------------------------------------------------
+# Multiply-add accounting (HRNet's convention, from shapes; the forward passes do not count)
+# ---------------------------------------------------------------------------------------------
+
+def _reference_convs(channels: int, h: int, w: int, *, layout: str, formulation: str,
+                     channel_branch: bool = True, spatial_branch: bool = True) -> list[tuple[int, int, int]]:
+    """(kernel numel, out_h, out_w) of each 1x1 convolution of the reference structure.
+
+    The reference applies the q/v projections to the (H, W) map and `conv_up` to the 1x1 pooled
+    map, whatever order psa_jax evaluates them in.
+    """
+    half = channels // 2
+    convs = []
+    if channel_branch:
+        convs += [(channels * 1, h, w), (channels * half, h, w)]           # conv_q_right, conv_v_right
+        if _official_sequential(layout, formulation):
+            mid = half // 4
+            convs += [(half * mid, 1, 1), (mid * channels, 1, 1)]          # conv_up.0, conv_up.3
+        else:
+            convs += [(half * channels, 1, 1)]                             # conv_up (W_z)
+    if spatial_branch:
+        convs += [(channels * half, h, w), (channels * half, h, w)]        # conv_q_left, conv_v_left
+    return convs
+
+
+def psa_macs(channels: int, hw: tuple[int, int], *, layout: Layout = "parallel",
+             formulation: Formulation = "official") -> int:
+    """Multiply-adds of one PSA block on one (H, W) image, counted as HRNet's model tables count.
+
+    `deep-high-resolution-net.pytorch: lib/utils/utils.py::get_model_summary` adds
+    `weight.numel() * H_out * W_out` per convolution and nothing for matrix products, softmaxes
+    or elementwise products. For PSA that is the five (official PSA_s: six) 1x1 convolutions of
+    the reference structure: q/v projections at (H, W), `conv_up` at 1x1,
+
+        parallel, or paper:  N * (C + 3 * C * C/2) + C/2 * C
+        official sequential: N * (C + 3 * C * C/2) + C/2 * C/8 + C/8 * C,     N = H * W.
+
+    This is what a network's `psa_jax.models.summary(...)['gflops']` includes per block (x 2^-30),
+    independent of the cheaper order psa_jax evaluates the block in.
+    """
+    _check_args(channels, layout, formulation)
+    _check_bottleneck(channels, layout, formulation)
+    return sum(k * oh * ow for k, oh, ow in _reference_convs(channels, *hw, layout=layout, formulation=formulation))
+
+
+def _block_convs(m: PolarizedSelfAttention, x_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    return _reference_convs(m.channels, *x_shape[1:3], layout=m.layout, formulation=m.formulation)
+
+
+def _channel_convs(m: ChannelOnlyAttention, x_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    return _reference_convs(m.channels, *x_shape[1:3], layout=m.layout, formulation=m.formulation,
+                            spatial_branch=False)
+
+
+def _spatial_convs(m: SpatialOnlyAttention, x_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    return _reference_convs(m.channels, *x_shape[1:3], layout=m.layout, formulation=m.formulation,
+                            channel_branch=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward math
+# ---------------------------------------------------------------------------------------------
+
 def _pointwise(conv: Conv2d, z: jax.Array) -> jax.Array:
     """A 1x1 `Conv2d` applied to pooled vectors (B, C_in) -> (B, C_out) in fp32, as a matrix
-    product (the same numbers as the convolution of a (B, 1, 1, C_in) map, without a convolution
-    op and its layout transposes in the backward pass); the MAC counter is told a 1x1 map."""
-    conv.record_macs(1, 1)
+    product: the numbers of the convolution of a (B, 1, 1, C_in) map, without a convolution op
+    and its layout transposes in the backward pass."""
     y = z.astype(_F32) @ conv.matrix(_F32)
     return y if conv.bias is None else y + conv.bias[...].astype(_F32)
 
@@ -123,27 +194,32 @@ class _BottleneckUp(nnx.Module):
 
 
 class ChannelOnlyAttention(nnx.Module):
-    """The channel-only branch A_ch (official `PSA_*.spatial_pool`).
+    """The channel-only branch A_ch (paper: channel-only; official `PSA_p/PSA_s.spatial_pool`).
 
     Parameters (PyTorch names): `conv_q_right` (1x1, C->1), `conv_v_right` (1x1, C->C/2),
-    `conv_up` (official parallel: 1x1 C/2->C; official sequential: the C/8 bottleneck; paper:
-    1x1 C/2->C) and, in the paper formulation, `norm` (LayerNorm over C).
+    `conv_up` (official parallel and paper: 1x1 C/2->C; official sequential: the C/8 bottleneck,
+    `_BottleneckUp`) and, in the paper formulation, `norm` (LayerNorm over C).
 
     Args:
-      channels: C (even).
+      channels: C, even (>= 8 for official sequential, whose bottleneck has C/8 channels).
+      layout: the block this branch belongs to, 'parallel' (PSA_p) or 'sequential' (PSA_s);
+        only the official formulation differs between them.
       formulation: 'official' or 'paper'.
-      bottleneck: official PSA_s's `conv_up` (ignored by the paper formulation).
-      init: 'reference' (kaiming-normal fan-in on q/v, PyTorch default on conv_up) or 'hrnet'
+      init: 'reference' (kaiming-normal fan-in on q/v, PyTorch's default on conv_up) or 'hrnet'
         (every conv weight N(0, 1e-3), as HRNet's `init_weights` leaves it; biases keep PyTorch's).
       dtype: compute dtype of the (B, H, W, C) products; pooled vectors stay fp32.
+      param_dtype, rngs: parameter storage dtype and initialisation keys.
     """
 
-    def __init__(self, channels: int, *, formulation: Formulation = "official", bottleneck: bool = False,
+    def __init__(self, channels: int, *, layout: Layout = "parallel", formulation: Formulation = "official",
                  init: inits.InitName = "reference", dtype: jnp.dtype | None = None,
                  param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-        _check_args(channels, formulation, "sequential" if bottleneck else "parallel")
+        _check_args(channels, layout, formulation)
         inits.check_init_name(init)
+        _check_bottleneck(channels, layout, formulation)
+        bottleneck = _official_sequential(layout, formulation)
         self.channels = channels
+        self.layout = layout
         self.formulation = formulation
         self.dtype = dtype
         qv_init = inits.kaiming_normal_fan_in if init == "reference" else inits.hrnet_normal
@@ -152,7 +228,7 @@ class ChannelOnlyAttention(nnx.Module):
         kw = dict(param_dtype=param_dtype, rngs=rngs)
         self.conv_q_right = Conv2d(channels, 1, 1, kernel_init=qv_init, **kw)
         self.conv_v_right = Conv2d(channels, half, 1, kernel_init=qv_init, **kw)
-        if formulation == "official" and bottleneck:
+        if bottleneck:
             self.conv_up = _BottleneckUp(half, channels, kernel_init=up_init, rngs=rngs)
             self.norm = None
         else:
@@ -162,11 +238,8 @@ class ChannelOnlyAttention(nnx.Module):
     def weights(self, x: jax.Array) -> jax.Array:
         """A_ch: (B, H, W, C) -> (B, 1, 1, C) in fp32."""
         _check_input(x, self.channels, type(self).__name__)
-        h, w = x.shape[1:3]
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
-        self.conv_q_right.record_macs(h, w)
-        self.conv_v_right.record_macs(h, w)
         q = jnp.einsum("bhwc,c->bhw", x, self.conv_q_right.matrix(dtype)[:, 0], preferred_element_type=_F32)
         p = _softmax_hw(q)                                                               # (B, H, W)
         pooled = jnp.einsum("bhw,bhwc->bc", p.astype(dtype), x, preferred_element_type=_F32)
@@ -176,6 +249,7 @@ class ChannelOnlyAttention(nnx.Module):
             z = self.norm(z)
         return jax.nn.sigmoid(z)[:, None, None, :]                                       # (B, 1, 1, C)
 
+    @reports_conv_macs(_channel_convs)
     def __call__(self, x: jax.Array) -> jax.Array:
         """x * A_ch(x): (B, H, W, C) -> (B, H, W, C)."""
         dtype = self.dtype or x.dtype
@@ -183,28 +257,29 @@ class ChannelOnlyAttention(nnx.Module):
 
 
 class SpatialOnlyAttention(nnx.Module):
-    """The spatial-only branch A_sp (official `PSA_*.channel_pool`).
+    """The spatial-only branch A_sp (paper: spatial-only; official `PSA_p/PSA_s.channel_pool`).
 
     Parameters (PyTorch names): `conv_q_left` ("g", 1x1 C->C/2) and `conv_v_left` ("theta",
     1x1 C->C/2).
 
     Args:
       channels: C (even).
+      layout: the block this branch belongs to. Official 'parallel' (PSA_p): softmax over the
+        positions after the product with G; official 'sequential' (PSA_s): softmax over the
+        positions of every row of W_v^l(x), before the product. The paper formulation (softmax
+        over the C/2 entries of G) is the same for both.
       formulation: 'official' or 'paper'.
-      softmax_rows: official PSA_s's softmax over positions of every row of W_v^l(x) (before the
-        product with G); otherwise official PSA_p's softmax over positions after it. Ignored by
-        the paper formulation (softmax over the C/2 entries of G).
-      init: see `ChannelOnlyAttention`.
+      init, dtype, param_dtype, rngs: see `ChannelOnlyAttention`.
     """
 
-    def __init__(self, channels: int, *, formulation: Formulation = "official", softmax_rows: bool = False,
+    def __init__(self, channels: int, *, layout: Layout = "parallel", formulation: Formulation = "official",
                  init: inits.InitName = "reference", dtype: jnp.dtype | None = None,
                  param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-        _check_args(channels, formulation)
+        _check_args(channels, layout, formulation)
         inits.check_init_name(init)
         self.channels = channels
+        self.layout = layout
         self.formulation = formulation
-        self.softmax_rows = softmax_rows
         self.dtype = dtype
         qv_init = inits.kaiming_normal_fan_in if init == "reference" else inits.hrnet_normal
         kw = dict(kernel_init=qv_init, param_dtype=param_dtype, rngs=rngs)
@@ -218,11 +293,8 @@ class SpatialOnlyAttention(nnx.Module):
         materialising x1 (the projections absorb the per-channel scale).
         """
         _check_input(x, self.channels, type(self).__name__)
-        h, w = x.shape[1:3]
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
-        self.conv_q_left.record_macs(h, w)
-        self.conv_v_left.record_macs(h, w)
         mean = jnp.mean(x, axis=(1, 2), dtype=_F32)                                       # (B, C)
         wq = self.conv_q_left.matrix(_F32)                                               # (C, C/2)
         wv = self.conv_v_left.matrix(_F32)
@@ -230,7 +302,7 @@ class SpatialOnlyAttention(nnx.Module):
             channel_scale = channel_scale.astype(_F32)
             mean = mean * channel_scale
         g = mean @ wq                                                                    # (B, C/2) = GAP(W_q x)
-        if self.formulation == "official" and self.softmax_rows:
+        if _official_sequential(self.layout, self.formulation):
             if channel_scale is None:
                 theta = jnp.einsum("bhwc,cd->bhwd", x, wv.astype(dtype), preferred_element_type=_F32)
             else:
@@ -248,6 +320,7 @@ class SpatialOnlyAttention(nnx.Module):
                 ctx = _softmax_hw(ctx)
         return jax.nn.sigmoid(ctx)[..., None]
 
+    @reports_conv_macs(_spatial_convs)
     def __call__(self, x: jax.Array) -> jax.Array:
         """x * A_sp(x): (B, H, W, C) -> (B, H, W, C)."""
         dtype = self.dtype or x.dtype
@@ -255,15 +328,16 @@ class SpatialOnlyAttention(nnx.Module):
 
 
 class PolarizedSelfAttention(nnx.Module):
-    """Polarized Self-Attention, parallel (PSA_p) or sequential (PSA_s) layout.
+    """Polarized Self-Attention in either layout; `PSA_p` and `PSA_s` fix the layout.
 
-    `y = x * A_ch(x) + x * A_sp(x)` (parallel) or `y = x1 * A_sp(x1), x1 = x * A_ch(x)`
-    (sequential). Input and output (B, H, W, C), any H, W >= 1.
+    `y = x * A_ch(x) + x * A_sp(x)` (parallel) or `y = x1 * A_sp(x1),
+    x1 = x * A_ch(x)` (sequential). Input and output (B, H, W, C), any H, W >= 1.
 
-    The branches are the submodules `channel_only` and `spatial_only`; their parameters carry the
-    official PyTorch names (`conv_q_right`, `conv_v_right`, `conv_up`, `conv_q_left`,
-    `conv_v_left`), and `psa_jax.convert.from_torch` maps an official `PSA_p`/`PSA_s` state_dict
-    onto this module directly.
+    The branches are the submodules `channel_only` (`ChannelOnlyAttention`) and `spatial_only`
+    (`SpatialOnlyAttention`). Their parameters carry the official PyTorch names (`conv_q_right`,
+    `conv_v_right`, `conv_up`, `conv_q_left`, `conv_v_left`) and `torch_names` drops the branch
+    level, so `psa_jax.convert.from_torch` maps an official `PSA_p`/`PSA_s` state_dict onto this
+    module directly.
 
     Args:
       channels: C, even (>= 8 for official sequential).
@@ -272,7 +346,7 @@ class PolarizedSelfAttention(nnx.Module):
       init: 'reference' (default: PSA.py's `reset_parameters`, kaiming-normal fan-in on the q/v
         convolutions, PyTorch's default on `conv_up`) or 'hrnet' (N(0, 1e-3) on every conv weight,
         which is what the official segmentation network trained from, since HRNet's
-        `init_weights` overwrites the block's own init; then PSA_p starts as identity and PSA_s
+        `init_weights` overwrites the block's own init; then PSA_p starts as about x and PSA_s
         as about 0.25 x).
       dtype: compute dtype (e.g. jnp.bfloat16); None follows the input. Parameters are stored in
         `param_dtype`; softmax, pooling, normalisation and sigmoids run in fp32.
@@ -284,16 +358,16 @@ class PolarizedSelfAttention(nnx.Module):
     def __init__(self, channels: int, *, layout: Layout = "parallel", formulation: Formulation = "official",
                  init: inits.InitName = "reference", dtype: jnp.dtype | None = None,
                  param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
-        _check_args(channels, formulation, layout)
+        _check_args(channels, layout, formulation)
         self.channels = channels
         self.layout = layout
         self.formulation = formulation
         self.dtype = dtype
-        sequential_official = layout == "sequential" and formulation == "official"
-        kw = dict(formulation=formulation, init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.channel_only = ChannelOnlyAttention(channels, bottleneck=sequential_official, **kw)
-        self.spatial_only = SpatialOnlyAttention(channels, softmax_rows=sequential_official, **kw)
+        kw = dict(layout=layout, formulation=formulation, init=init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.channel_only = ChannelOnlyAttention(channels, **kw)
+        self.spatial_only = SpatialOnlyAttention(channels, **kw)
 
+    @reports_conv_macs(_block_convs)
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, H, W, C) -> (B, H, W, C)."""
         _check_input(x, self.channels, type(self).__name__)
@@ -309,26 +383,26 @@ class PolarizedSelfAttention(nnx.Module):
 
 
 class PSA_p(PolarizedSelfAttention):  # noqa: N801  (the official class name)
-    """`PolarizedSelfAttention(channels, layout='parallel', ...)`; official formulation by default."""
+    """PSA, parallel layout: `y = x * A_ch(x) + x * A_sp(x)` (official `PSA_p`).
 
-    def __init__(self, channels: int, *, formulation: Formulation = "official", **kwargs):
-        super().__init__(channels, layout="parallel", formulation=formulation, **kwargs)
+    `PolarizedSelfAttention(channels, layout='parallel', ...)`; see there for the arguments.
+    Registry names 'psa_p' (official) and 'psa_p_paper'.
+    """
+
+    def __init__(self, channels: int, *, formulation: Formulation = "official", init: inits.InitName = "reference",
+                 dtype: jnp.dtype | None = None, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        super().__init__(channels, layout="parallel", formulation=formulation, init=init, dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
 
 
 class PSA_s(PolarizedSelfAttention):  # noqa: N801
-    """`PolarizedSelfAttention(channels, layout='sequential', ...)`; official formulation by default."""
+    """PSA, sequential layout: `y = x1 * A_sp(x1), x1 = x * A_ch(x)` (official `PSA_s`).
 
-    def __init__(self, channels: int, *, formulation: Formulation = "official", **kwargs):
-        super().__init__(channels, layout="sequential", formulation=formulation, **kwargs)
+    `PolarizedSelfAttention(channels, layout='sequential', ...)`; see there for the arguments.
+    Registry names 'psa_s' (official) and 'psa_s_paper'.
+    """
 
-
-def channel_only(channels: int, *, formulation: Formulation = "official", bottleneck: bool = False,
-                 **kwargs) -> ChannelOnlyAttention:
-    """The channel-only branch on its own: a module computing `x * A_ch(x)`."""
-    return ChannelOnlyAttention(channels, formulation=formulation, bottleneck=bottleneck, **kwargs)
-
-
-def spatial_only(channels: int, *, formulation: Formulation = "official", softmax_rows: bool = False,
-                 **kwargs) -> SpatialOnlyAttention:
-    """The spatial-only branch on its own: a module computing `x * A_sp(x)`."""
-    return SpatialOnlyAttention(channels, formulation=formulation, softmax_rows=softmax_rows, **kwargs)
+    def __init__(self, channels: int, *, formulation: Formulation = "official", init: inits.InitName = "reference",
+                 dtype: jnp.dtype | None = None, param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        super().__init__(channels, layout="sequential", formulation=formulation, init=init, dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)

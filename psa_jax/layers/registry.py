@@ -33,6 +33,8 @@ class Identity(nnx.Module):
 
 
 def _psa(layout: str, formulation: str) -> Callable[..., nnx.Module]:
+    """The registry's PSA entries: `PSA_p` / `PSA_s` with `formulation`, built as the shared
+    `PolarizedSelfAttention` class (same parameters and values; the layout is a field)."""
     def build(channels: int, **kw) -> nnx.Module:
         return PolarizedSelfAttention(channels, layout=layout, formulation=formulation, **kw)
     return build
@@ -40,10 +42,10 @@ def _psa(layout: str, formulation: str) -> Callable[..., nnx.Module]:
 
 _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "none": Identity,
-    "psa_p": _psa("parallel", "official"),
-    "psa_s": _psa("sequential", "official"),
-    "psa_p_paper": _psa("parallel", "paper"),
-    "psa_s_paper": _psa("sequential", "paper"),
+    "psa_p": _psa("parallel", "official"),       # = PSA_p(C)
+    "psa_s": _psa("sequential", "official"),     # = PSA_s(C)
+    "psa_p_paper": _psa("parallel", "paper"),    # = PSA_p(C, formulation='paper')
+    "psa_s_paper": _psa("sequential", "paper"),  # = PSA_s(C, formulation='paper')
     "se": SqueezeExcitation,
     "cbam": CBAM,
     "gc": GlobalContext,
@@ -58,7 +60,8 @@ def make_attention(name: str, channels: int, *, init: str = "reference", dtype: 
 
     Args:
       name: one of `ATTENTION_NAMES`: 'none', 'psa_p', 'psa_s' (official PSA), 'psa_p_paper',
-        'psa_s_paper' (the published equations), 'se', 'cbam', 'gc', 'nonlocal'.
+        'psa_s_paper' (the published equations; see `psa_jax.layers.psa` and docs/psa.md), 'se',
+        'cbam', 'gc', 'nonlocal'.
       channels: C.
       init: 'reference' (each block's own reference initialisation) or 'hrnet' (conv weights
         N(0, 1e-3), as HRNet's init_weights applies to every conv in the backbone).
