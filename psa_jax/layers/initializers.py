@@ -11,9 +11,8 @@ All return Flax-style initialisers `init(key, shape, dtype) -> array`. Kernels a
 | `hrnet_normal` | N(0, 0.001^2) | HRNet `init_weights` (pose, seg, NVIDIA hrnetv2) |
 
 Sampling: with a concrete key (eager model construction) values are drawn by NumPy's PCG64
-seeded from the key's bits. XLA:CPU compiles one program per distinct parameter shape for
-`jax.random` (about 0.5 s each here, 30 s for HRNet-W32); NumPy builds W48 in about a second.
-Under a trace (e.g. sharded construction inside `nnx.jit`), `jax.random` is used. Both paths
+seeded from the key's bits, because eager `jax.random` compiles one small program per distinct
+parameter shape, which makes building a large network slow. Under a trace (e.g. sharded construction inside `nnx.jit`), `jax.random` is used. Both paths
 are deterministic functions of the key and draw from the same distribution.
 """
 
