@@ -4,13 +4,11 @@
         [--steps 5] [--warmup 2] [--mode both|train|infer] [--dtype float32|bfloat16] \
         [--tuning cpu|plain] [--cache_dir DIR] [--flops] [--out result.json]
 
-Train step (`--step trainer`, the default): `psa_jax.training.train_step.make_train_step`, the
-function train.py jits, on a one-axis data mesh, with Adam and without the optional grad-norm
-metric (train.py's default). `--step twin` is this script's own copy of that step
-(`jax_stack.md` section 3.3): `nnx.split((model, optimizer))`,
-`jax.jit(step, donate_argnums=0)`, inside `nnx.merge(..., copy=True)`, `nnx.value_and_grad` of the
-MSE to the heatmaps (pose) or the pixel cross-entropy (segmentation), `optax.adam` update,
-BatchNorm in training mode. Inference = eval-mode forward under `jax.jit`.
+Train step: the product's own, `psa_jax.training.train_step.make_train_step`, the function
+train.py jits, on a one-axis data mesh, with Adam and without the optional grad-norm metric
+(train.py's default): `nnx.value_and_grad` of the MSE to the heatmaps (pose) or the pixel
+cross-entropy (segmentation), BatchNorm in training mode. Inference = eval-mode forward under
+`jax.jit`.
 
 Timing: `--warmup` calls, then `--steps` calls each timed on its own (blocked on the result); the
 median is reported as images/s. `compile_s` is the first train step's trace + lower + XLA compile
@@ -20,14 +18,19 @@ everything (`peak_rss_total_mb`); on an accelerator also the device allocator's 
 (`peak_device_mb`, `memory_stats()['peak_bytes_in_use']` after the train phase). The result is
 one JSON object on the last stdout line (and in `--out`).
 
-`--tuning plain` switches off every CPU workaround (oneDNN flags, materialisation points, the
-stride-2 phase VJP), for the ablations in benchmarks/NOTES.md; individual ones can be switched off
-with `--no_onednn`, `--no_materialize`, `--no_phase_vjp`.
+Program and flags: with `--tuning cpu` (the default) the network is built with the program
+`psa_jax.layers.xla_cpu.program_for_platform` picks for the backend ('xla_cpu' on CPU, 'plain'
+elsewhere) and the oneDNN XLA flags are set on CPU hosts. `--tuning plain` switches off every
+CPU workaround: the oneDNN flags and all `ProgramOptions` (materialisation points, the strided-conv
+phase VJP, BatchNorm's hand-written VJP), for the ablations in benchmarks/NOTES.md; individual ones
+can be switched off with `--no_onednn` (an XLA flag), `--no_materialize`, `--no_phase_vjp`,
+`--no_fused_batchnorm` (program options).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -54,11 +57,7 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--no_onednn", action="store_true")
     p.add_argument("--no_materialize", action="store_true")
     p.add_argument("--no_phase_vjp", action="store_true")
-    p.add_argument("--step", default="trainer", choices=("trainer", "twin"),
-                   help="trainer: train.py's make_train_step on a data mesh (default since session 3); twin: "
-                        "this script's own step, which the CPU table of session 2 was measured with")
-    p.add_argument("--state_pytree", action="store_true",
-                   help="pass the nnx.State pytree to the jitted step instead of its flat array list")
+    p.add_argument("--no_fused_batchnorm", action="store_true")
     p.add_argument("--cache_dir", default=None, help="persistent compilation cache directory")
     p.add_argument("--flops", action="store_true", help="also count executed MACs per image")
     p.add_argument("--dump_hlo", default=None, help="write the optimised train-step HLO here")
@@ -69,14 +68,15 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu_scheduler", default="memory", choices=sorted(CPU_SCHEDULERS),
                    help="XLA:CPU HLO scheduler of the train step (train.py: config.cpu_scheduler)")
     p.add_argument("--compile_only", action="store_true", help="stop after compiling the train step")
-    p.add_argument("--optimizer", default="adam", choices=("adam", "adam_flat"),
-                   help="adam_flat: optax.flatten(adam), one update over the concatenated parameters")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
 
-def build_case(args: argparse.Namespace):
-    """(model, images, target, kind, loss_on_outputs(outputs, target)) for the case's arguments."""
+def build_case(args: argparse.Namespace, program=None):
+    """(model, images, target, kind, loss_on_outputs(outputs, target)) for the case's arguments.
+
+    `program`: the model's `ProgramOptions` (or name); default `program_from_args(args)`.
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -85,13 +85,15 @@ def build_case(args: argparse.Namespace):
 
     h, w = (int(v) for v in args.input.lower().split("x"))
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
+    program = program_from_args(args) if program is None else program
     kind, _, width = args.model.partition("_")
     width = width.replace("_ocr", "")
     if kind == "pose":
-        model = pose_hrnet(width, attention=args.attention, dtype=dtype)
+        model = pose_hrnet(width, attention=args.attention, dtype=dtype, program=program)
         target = jnp.zeros((args.batch, h // 4, w // 4, 17), jnp.float32)
     elif kind == "seg":
-        model = seg_hrnet(width, ocr=args.model.endswith("_ocr"), attention=args.attention, dtype=dtype)
+        model = seg_hrnet(width, ocr=args.model.endswith("_ocr"), attention=args.attention, dtype=dtype,
+                          program=program)
         target = jnp.asarray(np.random.default_rng(0).integers(0, 19, (args.batch, -(-h // 4), -(-w // 4))),
                              jnp.int32)
     else:
@@ -112,8 +114,9 @@ def make_trainer_step(model, loss_on_outputs, compiler_options=None):
     """The step train.py runs: `psa_jax.training.train_step.make_train_step(flat_state=True)` on a
     one-axis data mesh over the local devices, replicated state, Adam, no schedule.
 
-    Returns (step, state, unflatten) with the same contract as `make_train_step` below:
-    `step(state, x, y) -> (state, loss)`, `state = (model_leaves, opt_leaves)`.
+    Returns (step, state, unflatten): `step(state, x, y) -> (state, loss)` with
+    `state = (model_leaves, opt_leaves)` (`step.lower(...)` for ahead-of-time compilation), and
+    `unflatten(state) -> (model, optimizer)`.
     """
     import jax
     import optax
@@ -161,49 +164,6 @@ def make_trainer_step(model, loss_on_outputs, compiler_options=None):
     return Step(inner), state, unflatten
 
 
-def make_train_step(model, loss_on_outputs, *, flat_state: bool = True, optimizer: str = "adam",
-                    compiler_options=None):
-    """The trainer's step: split model + Adam, `jax.jit(step, donate_argnums=0)`.
-
-    Returns (step, state, unflatten): `state` is what `step(state, x, y) -> (state, loss)` takes
-    and `unflatten(state)` gives the `nnx.State` of (model, optimizer). With `flat_state` the
-    state travels as the flat list of its arrays (the tree structure is fixed at trace time):
-    a call then costs microseconds in Python, against about 0.1 ms per `nnx.Variable` (3,000+
-    for HRNet-W32 with Adam) when the `nnx.State` pytree itself is passed and rebuilt on every
-    call (`benchmarks/NOTES.md`).
-    """
-    import jax
-    import optax
-    from flax import nnx
-
-    tx = optax.adam(1e-3)
-    if optimizer == "adam_flat":
-        tx = optax.flatten(tx)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
-    leaves, treedef = jax.tree.flatten(state)
-
-    def train_step(state, x, y):
-        if flat_state:
-            state = jax.tree.unflatten(treedef, state)
-        m, opt = nnx.merge(graphdef, state, copy=True)
-        loss, grads = nnx.value_and_grad(lambda m: loss_on_outputs(m(x), y))(m)
-        opt.update(m, grads)
-        new_state = nnx.state((m, opt))
-        if flat_state:
-            new_leaves, new_treedef = jax.tree.flatten(new_state)
-            if new_treedef != treedef:
-                raise AssertionError("train step changed the state's tree structure")
-            return new_leaves, loss
-        return new_state, loss
-
-    def unflatten(state):
-        return nnx.merge(graphdef, jax.tree.unflatten(treedef, state) if flat_state else state)
-
-    return (jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options),
-            (leaves if flat_state else state), unflatten)
-
-
 def device_peak_mb() -> float | None:
     """Peak bytes the first device's allocator held so far, in MiB (None where it reports none, e.g. CPU)."""
     import jax
@@ -215,49 +175,53 @@ def device_peak_mb() -> float | None:
     return None if peak is None else peak / 2 ** 20
 
 
-def apply_tuning(args: argparse.Namespace) -> dict:
-    """XLA flags (before the backend starts) and the xla_cpu switches for `--tuning` etc."""
-    plain = args.tuning == "plain"
+def configure_flags(args: argparse.Namespace) -> dict:
+    """XLA flags and the compilation cache, before the backend starts (`--tuning`, `--no_onednn`)."""
     from psa_jax.runtime.xla_flags import configure_xla  # imports no JAX backend
-    xla = configure_xla(cpu_onednn=not (plain or args.no_onednn), cache_dir=args.cache_dir)
-    from psa_jax.layers import xla_cpu
-    xla_cpu.set_cpu_materialization(not (plain or args.no_materialize))
-    xla_cpu.set_cpu_phase_vjp(not (plain or args.no_phase_vjp))
-    return xla
+    return configure_xla(cpu_onednn=not (args.tuning == "plain" or args.no_onednn), cache_dir=args.cache_dir)
+
+
+def program_from_args(args: argparse.Namespace, platform: str | None = None):
+    """The model's `ProgramOptions`: the platform's program (`--tuning cpu`) minus the switched-off
+    options, or the plain program (`--tuning plain`). `platform`: default `target_platform()`."""
+    from psa_jax.layers.xla_cpu import PLAIN, program_for_platform, program_options
+    from psa_jax.runtime.xla_flags import target_platform
+
+    if args.tuning == "plain":
+        return PLAIN
+    base = program_options(program_for_platform(target_platform(platform)))
+    return dataclasses.replace(base, materialize=base.materialize and not args.no_materialize,
+                               phase_conv_vjp=base.phase_conv_vjp and not args.no_phase_vjp,
+                               fused_batchnorm=base.fused_batchnorm and not args.no_fused_batchnorm)
 
 
 def main(argv=None) -> dict:
     args = _parse(argv)
-    xla = apply_tuning(args)
+    xla = configure_flags(args)
 
     import jax
     import numpy as np
     from flax import nnx
 
-    from psa_jax.layers import xla_cpu
     from psa_jax.models.summary import summary
 
-    model, images, target, kind, loss_on_outputs = build_case(args)
+    program = program_from_args(args, jax.default_backend())   # after configure_flags: flags are set
+    model, images, target, kind, loss_on_outputs = build_case(args, program)
     h, w = images.shape[1:3]
 
     result: dict = {"framework": "jax", "model": args.model, "attention": args.attention, "batch": args.batch,
                     "input": f"{h}x{w}", "dtype": args.dtype, "tuning": args.tuning,
                     "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
                     "xla_flags": xla["xla_flags"], "jax": jax.__version__,
-                    "materialize": xla_cpu.cpu_materialization_enabled(),
-                    "flat_state": not args.state_pytree, "optimizer": args.optimizer, "step": args.step}
-    result["phase_vjp"] = xla_cpu.cpu_phase_vjp_enabled()
+                    "materialize": program.materialize, "phase_vjp": program.phase_conv_vjp,
+                    "fused_batchnorm": program.fused_batchnorm}
 
     if args.mode in ("both", "train"):
         result["rss_before_compile_mb"] = rss_now_mb()
         from psa_jax.runtime.xla_flags import cpu_compiler_options
         options = cpu_compiler_options(args.cpu_scheduler, platform=jax.default_backend())
         result["compiler_options"] = options
-        if args.step == "trainer":
-            step, state, unflatten = make_trainer_step(model, loss_on_outputs, compiler_options=options)
-        else:
-            step, state, unflatten = make_train_step(model, loss_on_outputs, flat_state=not args.state_pytree,
-                                                       optimizer=args.optimizer, compiler_options=options)
+        step, state, unflatten = make_trainer_step(model, loss_on_outputs, compiler_options=options)
         t0, c0 = time.perf_counter(), time.process_time()
         lowered = step.lower(state, images, target)
         t1 = time.perf_counter()

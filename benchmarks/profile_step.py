@@ -3,7 +3,8 @@
     python benchmarks/profile_step.py --model pose_w32 --attention none --batch 8 [--steps 2] \
         [--top 25] [--mode train|infer] [jax_peer.py tuning switches]
 
-Runs the step of `jax_peer.py` under `jax.profiler.trace`, reads the XSpace with
+Runs the train step `jax_peer.py` times (the product's `make_train_step`; the model built with the
+program options of the same switches) under `jax.profiler.trace`, reads the XSpace with
 `jax.profiler.ProfileData`, and sums the host-thread events by the HLO instruction they execute
 (XLA:CPU's thunk events carry the instruction name). Instructions are classified with the
 optimised HLO of the same executable: oneDNN/XNN custom calls and convolutions by their window
@@ -99,11 +100,14 @@ def main(argv=None) -> None:
     p.add_argument("--trace_dir", default=None)
     args, rest = p.parse_known_args(argv)
     case = jax_peer._parse(rest)
-    jax_peer.apply_tuning(case)
+    jax_peer.configure_flags(case)
     import jax
     from jax.profiler import ProfileData
 
-    model, images, target, kind, loss_fn = jax_peer.build_case(case)
+    from psa_jax.runtime.xla_flags import cpu_compiler_options
+
+    program = jax_peer.program_from_args(case, jax.default_backend())
+    model, images, target, kind, loss_fn = jax_peer.build_case(case, program)
     if case.mode == "infer":
         from flax import nnx
         model.eval()
@@ -111,8 +115,8 @@ def main(argv=None) -> None:
         compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images).compile()
         run = lambda: compiled(state, images).block_until_ready()  # noqa: E731
     else:
-        step, state, _ = jax_peer.make_train_step(model, loss_fn, flat_state=not case.state_pytree,
-                                                     optimizer=case.optimizer)
+        options = cpu_compiler_options(case.cpu_scheduler, platform=jax.default_backend())
+        step, state, _ = jax_peer.make_trainer_step(model, loss_fn, compiler_options=options)
         compiled = step.lower(state, images, target).compile()
         holder = [state]
 

@@ -14,9 +14,10 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LINT_IMPORTS = pathlib.Path(sys.executable).with_name("lint-imports")
 
-# What `pip install psa-jax` (without the `train` extra) does not bring.
-HEAVY = ("tensorflow", "tensorflow_datasets", "grain", "cv2", "pycocotools", "orbax", "matplotlib", "optax",
-         "torch", "ml_collections", "etils", "tqdm", "absl")
+# What `pip install psa-jax` (without the `train` extra) does not bring. (flax itself imports
+# optax, etils and absl, so those come with the core install.)
+HEAVY = ("tensorflow", "tensorflow_datasets", "grain", "cv2", "pycocotools", "orbax", "matplotlib", "torch",
+         "ml_collections", "tqdm", "array_record")
 
 
 def _lint(root: pathlib.Path) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
 """Networks: published counts, shapes, gradients for every network and attention option, bad
-input, bf16, and the W32 pose train step compiling under jit with a sharded batch."""
+input, bf16, the program option (`program=`), and the W32 pose train step compiling under jit
+with a sharded batch."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,10 +8,12 @@ import optax
 import pytest
 from flax import nnx
 
-from psa_jax.layers import ATTENTION_NAMES
-from psa_jax.models import mscale_ocr, pose_hrnet, pose_resnet, seg_hrnet, summary
+from psa_jax.layers import ATTENTION_NAMES, BatchNorm, Conv2d
+from psa_jax.layers.xla_cpu import XLA_CPU, ProgramOptions
+from psa_jax.models import (HRNetBackbone, MscaleOCR, OCRNet, PoseHRNet, PoseResNet, SegHRNetV2, mscale_ocr,
+                            pose_hrnet, pose_resnet, seg_hrnet, summary)
 from psa_jax.models.blocks import BasicBlock, Bottleneck
-from psa_jax.models.hrnet import HRNET_SPECS, HRNetSpec, StageSpec
+from psa_jax.models.hrnet import HRNET_SPECS, HighResolutionModule, HRNetSpec, StageSpec
 from psa_jax.models.options import model_options
 
 TINY = HRNetSpec("w8_tiny", 1, 16, (StageSpec(1, (1, 1), (8, 16)), StageSpec(1, (1, 1, 1), (8, 16, 32)),
@@ -165,6 +168,73 @@ def test_bad_arguments_name_the_valid_choices():
         model(jnp.ones((1, 64, 64, 1)))
 
 
+def _program_flags(model: nnx.Module) -> set[tuple[str, bool]]:
+    """{(kind, on)} over the strided convs, BatchNorms and materialisation sites of `model`."""
+    flags = set()
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, Conv2d) and node.stride > 1:
+            flags.add(("phase_vjp", node.phase_vjp))
+        elif isinstance(node, BatchNorm):
+            flags.add(("fused_bn", node.fused_vjp))
+        elif isinstance(node, (BasicBlock, Bottleneck, HighResolutionModule)):
+            flags.add(("materialize", node.materialize_output))
+    return flags
+
+
+def test_every_network_constructor_takes_the_program_and_defaults_to_plain():
+    plain = {("phase_vjp", False), ("fused_bn", False), ("materialize", False)}
+    cpu = {("phase_vjp", True), ("fused_bn", True), ("materialize", True)}
+    builders = {
+        "pose_hrnet": lambda **kw: pose_hrnet("w8_tiny", **kw),
+        "seg_hrnet": lambda **kw: seg_hrnet("w8_tiny", **kw),
+        "seg_hrnet_ocr": lambda **kw: seg_hrnet("w8_tiny", ocr=True, **kw),
+        "mscale_ocr": lambda **kw: mscale_ocr("w8_tiny", **kw),
+        "pose_resnet": lambda **kw: pose_resnet(26, **kw),
+        "PoseHRNet": lambda **kw: PoseHRNet(TINY, num_keypoints=3, rngs=nnx.Rngs(0), **kw),
+        "SegHRNetV2": lambda **kw: SegHRNetV2(TINY, num_classes=3, align_corners=False, rngs=nnx.Rngs(0), **kw),
+        "OCRNet": lambda **kw: OCRNet(TINY, num_classes=3, align_corners=False, rngs=nnx.Rngs(0), **kw),
+        "MscaleOCR": lambda **kw: MscaleOCR(TINY, num_classes=3, rngs=nnx.Rngs(0), **kw),
+        "PoseResNet": lambda **kw: PoseResNet(26, num_keypoints=3, rngs=nnx.Rngs(0), **kw),
+        "HRNetBackbone": lambda **kw: HRNetBackbone(TINY, multi_scale_output=True, upsample="bilinear",
+                                                    rngs=nnx.Rngs(0), **kw),
+    }
+    for name, build in builders.items():
+        assert _program_flags(build()) == plain, name
+        assert _program_flags(build(program="xla_cpu")) == cpu, name
+        assert _program_flags(build(program=XLA_CPU)) == cpu, name
+    only_bn = _program_flags(pose_hrnet("w8_tiny", program=ProgramOptions(fused_batchnorm=True)))
+    assert only_bn == {("phase_vjp", False), ("fused_bn", True), ("materialize", False)}
+    # A class's `program` replaces the one in `opts`; None keeps it.
+    opts = model_options("none", "basic", None, jnp.float32, "xla_cpu")
+    assert _program_flags(PoseHRNet(TINY, num_keypoints=3, opts=opts, rngs=nnx.Rngs(0))) == cpu
+    assert _program_flags(PoseHRNet(TINY, num_keypoints=3, opts=opts, program="plain", rngs=nnx.Rngs(0))) == plain
+    with pytest.raises(ValueError, match="valid: 'plain', 'xla_cpu'"):
+        pose_hrnet("w8_tiny", program="bogus")
+
+
+def test_the_xla_cpu_program_trains_to_the_same_numbers():
+    """Pose HRNet built plain (default) and with program='xla_cpu': the plain training-mode
+    program holds no materialisation cond and no custom VJP, the other both; loss, gradients and
+    running statistics agree."""
+    x = jax.random.normal(jax.random.key(2), (2, 64, 64, 3)) * 2 + 0.5
+    loss_of = lambda y: jnp.mean(jnp.sin(y) ** 2)  # noqa: E731
+    results = {}
+    for program in ("plain", "xla_cpu"):
+        model = pose_hrnet("w8_tiny", num_keypoints=3, **({} if program == "plain" else {"program": program}))
+        graphdef, state = nnx.split(model)
+        text = str(jax.make_jaxpr(lambda st, v: loss_of(nnx.merge(graphdef, st)(v)))(state, x))
+        assert (("cond" in text), ("custom_vjp_call" in text)) == ((program == "xla_cpu"),) * 2, program
+        loss, grads = _train_grads(model, x, loss_of)
+        results[program] = (float(loss), jax.tree.leaves(nnx.state(grads, nnx.Param)),
+                            jax.tree.leaves(nnx.state(model, nnx.BatchStat)))
+    (l0, g0, s0), (l1, g1, s1) = results["plain"], results["xla_cpu"]
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for a, b in zip(g1, g0):   # BatchNorm's two backward paths round differently
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
+    for a, b in zip(s1, s0):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_w32_pose_train_step_lowers_with_a_batch_sharded_over_devices():
     """Traces and lowers the full W32 + PSA_p train step under jit with NamedShardings.
 
@@ -174,7 +244,7 @@ def test_w32_pose_train_step_lowers_with_a_batch_sharded_over_devices():
     from psa_jax.tasks.pose_losses import joints_mse_loss
     from psa_jax.training.train_step import make_mesh, make_train_step, state_shardings
 
-    model = pose_hrnet(32, attention="psa_p")
+    model = pose_hrnet(32, attention="psa_p", program="xla_cpu")  # what train.py builds for a CPU mesh
     optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
     mgd, mst = nnx.split(model)
     ogd, ost = nnx.split(optimizer)

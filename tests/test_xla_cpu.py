@@ -1,36 +1,95 @@
-"""CPU-only program shaping (`psa_jax.layers.xla_cpu`, the strided-conv phase VJP) against
-the plain path, and the XLA flag configuration of `psa_jax.runtime.xla_flags`.
+"""XLA:CPU program variants (`psa_jax.layers.xla_cpu`: program options, materialisation points,
+the strided-conv phase VJP; BatchNorm's hand-written VJP in `psa_jax.layers.norm`) against the
+plain program, and the XLA flag configuration of `psa_jax.runtime.xla_flags`.
 
-Every workaround must be the identity on values and gradients: each test computes the same thing
-with the workaround switched on and off (or against NumPy) and compares."""
+Every rewrite must be the identity on values and gradients: each test computes the same thing
+built with the rewrite and without it (or against NumPy) and compares. The choice is a
+construction option (`program=`), so the tests build both variants side by side."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from psa_jax.layers import xla_cpu
-from psa_jax.layers.xla_cpu import materialize
-from psa_jax.layers.conv import Conv2d, _conv2d_phase_vjp, _conv2d_plain, _phase_conv_input_grad, conv2d
+from psa_jax.layers.conv import Conv2d, _conv2d_plain, conv2d
 from psa_jax.layers.norm import BatchNorm, batch_norm_train
+from psa_jax.layers.xla_cpu import (PLAIN, XLA_CPU, ProgramOptions, conv2d_phase_vjp, materialize,
+                                    phase_conv_input_grad, program_for_platform, program_options)
 from psa_jax.runtime import xla_flags
 
+# ------------------------------------------------------------------------------ program options
 
-@pytest.fixture
-def switches():
-    """Restores the module switches after a test flips them."""
-    saved = dict(xla_cpu._STATE)
-    yield xla_cpu
-    xla_cpu._STATE.update(saved)
+
+def test_program_options_names_presets_and_platforms():
+    assert program_options("plain") == PLAIN == ProgramOptions()
+    assert program_options("xla_cpu") == XLA_CPU == ProgramOptions(True, True, True)
+    custom = ProgramOptions(materialize=True)
+    assert program_options(custom) is custom
+    assert len({PLAIN, XLA_CPU, custom}) == 3                       # hashable: usable as static data
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PLAIN.materialize = True
+    assert program_for_platform("cpu") == "xla_cpu"
+    for platform in ("gpu", "cuda", "rocm", "tpu", "METAL"):
+        assert program_for_platform(platform) == "plain"
+
+
+@pytest.mark.parametrize("bad", ["bogus", "cpu", "", None, 1])
+def test_program_options_rejects_unknown_names_listing_the_valid_ones(bad):
+    with pytest.raises(ValueError, match="valid: 'plain', 'xla_cpu'"):
+        program_options(bad)
+    with pytest.raises(ValueError, match="valid: 'plain', 'xla_cpu'"):
+        Conv2d(2, 2, 3, program=bad, rngs=nnx.Rngs(0))               # also at stride 1, where unused
+    with pytest.raises(ValueError, match="valid: 'plain', 'xla_cpu'"):
+        BatchNorm(2, program=bad)
+
+
+def _jaxpr(module, x, *, grad: bool = False) -> str:
+    """The jaxpr of `sum(module(x)^2)` in training mode, or (grad) of its gradient in (params, x).
+
+    A custom VJP shows as `custom_vjp_call` in the forward jaxpr; a gradient jaxpr holds its
+    backward rule inlined."""
+    graphdef, state = nnx.split(module)
+
+    def loss(st, v):
+        return jnp.sum(nnx.merge(graphdef, st)(v) ** 2)
+
+    return str(jax.make_jaxpr(jax.grad(loss, (0, 1)) if grad else loss)(state, x))
+
+
+def test_default_layers_build_the_plain_program():
+    """Without `program=`, a strided conv and a training-mode BatchNorm contain no rewrite."""
+    x = jnp.ones((2, 8, 8, 3))
+    conv, bn = Conv2d(3, 4, 3, stride=2, rngs=nnx.Rngs(0)), BatchNorm(3)
+    for module in (conv, bn):
+        for grad in (False, True):
+            text = _jaxpr(module, x, grad=grad)
+            assert "custom_vjp_call" not in text and "cond" not in text
+    assert "lhs_dilation=(2, 2)" in _jaxpr(conv, x, grad=True)        # XLA's own transpose
+    conv_cpu = Conv2d(3, 4, 3, stride=2, program="xla_cpu", rngs=nnx.Rngs(0))
+    assert "custom_vjp_call" in _jaxpr(conv_cpu, x)
+    assert "lhs_dilation=(2, 2)" not in _jaxpr(conv_cpu, x, grad=True)  # the phase convolutions
+    assert "custom_vjp_call" in _jaxpr(BatchNorm(3, program="xla_cpu"), x)
+
+
+def test_each_option_switches_only_its_own_rewrite():
+    x = jnp.ones((2, 8, 8, 3))
+    only_bn = ProgramOptions(fused_batchnorm=True)
+    assert "custom_vjp_call" not in _jaxpr(Conv2d(3, 4, 3, stride=2, program=only_bn, rngs=nnx.Rngs(0)), x)
+    assert "custom_vjp_call" in _jaxpr(BatchNorm(3, program=only_bn), x)
+    only_conv = ProgramOptions(phase_conv_vjp=True)
+    assert "custom_vjp_call" in _jaxpr(Conv2d(3, 4, 3, stride=2, program=only_conv, rngs=nnx.Rngs(0)), x)
+    assert "custom_vjp_call" not in _jaxpr(BatchNorm(3, program=only_conv), x)
+    # A stride-1 convolution has no lhs-dilated gradient to replace: plain whatever the program.
+    assert "custom_vjp_call" not in _jaxpr(Conv2d(3, 4, 3, program=XLA_CPU, rngs=nnx.Rngs(0)), x)
 
 
 # ----------------------------------------------------------------------------------- materialize
 
-def test_materialize_is_a_cond_on_cpu_and_absent_when_off(switches):
+def test_materialize_is_a_cond():
     x = jnp.ones((2, 3))
-    assert "cond" in str(jax.make_jaxpr(lambda v: materialize(v))(x))  # fresh functions: no trace cache
-    switches.set_cpu_materialization(False)
-    assert "cond" not in str(jax.make_jaxpr(lambda v: materialize(v))(x))
+    assert "cond" in str(jax.make_jaxpr(materialize)(x))
 
 
 @pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
@@ -80,10 +139,10 @@ def test_phase_vjp_matches_plain_conv(h, w, k, s, p):
         return lambda x, kk: jnp.sum(jnp.sin(conv(x, kk, s, p)) * jnp.arange(4.0))
 
     y_plain = _conv2d_plain(x, kernel, s, p)
-    y_phase = _conv2d_phase_vjp(x, kernel, s, p)
+    y_phase = conv2d_phase_vjp(x, kernel, s, p)
     np.testing.assert_array_equal(y_phase, y_plain)
     gp = jax.jit(jax.grad(loss(_conv2d_plain), (0, 1)))(x, kernel)
-    gq = jax.jit(jax.grad(loss(_conv2d_phase_vjp), (0, 1)))(x, kernel)
+    gq = jax.jit(jax.grad(loss(conv2d_phase_vjp), (0, 1)))(x, kernel)
     for a, b in zip(gq, gp):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -99,7 +158,7 @@ def test_phase_input_grad_against_numpy_scatter():
     for i in range(dy.shape[1]):
         for j in range(dy.shape[2]):
             dx_pad[0, s * i:s * i + k, s * j:s * j + k] += np.einsum("uvco,o->uvc", kernel, dy[0, i, j])
-    got = _phase_conv_input_grad(jnp.asarray(dy, jnp.float32), jnp.asarray(kernel, jnp.float32),
+    got = phase_conv_input_grad(jnp.asarray(dy, jnp.float32), jnp.asarray(kernel, jnp.float32),
                                  (1, h, w, 2), s, p)
     np.testing.assert_allclose(got, dx_pad[:, p:p + h, p:p + w], rtol=1e-5, atol=1e-5)
 
@@ -108,9 +167,9 @@ def test_phase_vjp_propagates_nan():
     x = jnp.ones((1, 6, 6, 2)).at[0, 3, 2, 1].set(jnp.nan)
     kernel = jnp.ones((3, 3, 2, 2))
     g_plain = jax.grad(lambda kk: jnp.sum(_conv2d_plain(x, kk, 2, 1)))(kernel)
-    g_phase = jax.grad(lambda kk: jnp.sum(_conv2d_phase_vjp(x, kk, 2, 1)))(kernel)
+    g_phase = jax.grad(lambda kk: jnp.sum(conv2d_phase_vjp(x, kk, 2, 1)))(kernel)
     np.testing.assert_array_equal(np.isnan(g_phase), np.isnan(g_plain))
-    dy_nan = jax.grad(lambda xx: jnp.sum(_conv2d_phase_vjp(xx, kernel.at[0, 0, 0, 0].set(jnp.nan), 2, 1)))(
+    dy_nan = jax.grad(lambda xx: jnp.sum(conv2d_phase_vjp(xx, kernel.at[0, 0, 0, 0].set(jnp.nan), 2, 1)))(
         jnp.ones((1, 6, 6, 2)))
     assert np.isnan(np.asarray(dy_nan)).any()
 
@@ -120,43 +179,42 @@ def test_phase_vjp_bfloat16_close_to_plain():
     x = jnp.asarray(rng.standard_normal((2, 10, 8, 8)), jnp.bfloat16)
     kernel = jnp.asarray(rng.standard_normal((3, 3, 8, 8)) * 0.2, jnp.bfloat16)
     f = lambda conv: jax.grad(lambda xx: jnp.sum(conv(xx, kernel, 2, 1).astype(jnp.float32) ** 2))(x)  # noqa: E731
-    a, b = f(_conv2d_phase_vjp), f(_conv2d_plain)
+    a, b = f(conv2d_phase_vjp), f(_conv2d_plain)
     assert a.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=0.05, atol=0.05)
 
 
-def test_conv2d_uses_phase_vjp_only_when_switched_on(switches):
+def test_conv2d_uses_phase_vjp_only_when_asked():
     x = jnp.ones((1, 8, 8, 2))
     kernel = jnp.ones((3, 3, 2, 2))
-    grad_jaxpr = lambda: str(jax.make_jaxpr(jax.grad(lambda xx: jnp.sum(conv2d(xx, kernel, 2, 1))))(x))  # noqa: E731
-    assert "lhs_dilation=(2, 2)" not in grad_jaxpr()   # phases: stride-1 convolutions only
-    switches.set_cpu_phase_vjp(False)
-    assert "lhs_dilation=(2, 2)" in grad_jaxpr()       # XLA's own transpose: the s-dilated cotangent
+
+    def grad_jaxpr(**kw):
+        return str(jax.make_jaxpr(jax.grad(lambda xx: jnp.sum(conv2d(xx, kernel, 2, 1, **kw))))(x))
+
+    assert "lhs_dilation=(2, 2)" not in grad_jaxpr(phase_vjp=True)   # phases: stride-1 convolutions only
+    assert "lhs_dilation=(2, 2)" in grad_jaxpr()                       # XLA's own transpose: the s-dilated cotangent
 
 
-def test_conv_module_gradients_same_with_and_without_workarounds(switches):
-    """A stride-2 Conv2d -> BatchNorm -> ReLU chain: loss and gradients equal with all CPU paths off."""
+def test_conv_module_gradients_same_with_and_without_workarounds():
+    """A stride-2 Conv2d -> BatchNorm -> ReLU chain: loss and gradients equal in both programs."""
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.standard_normal((2, 13, 11, 4)), jnp.float32)
 
     class Net(nnx.Module):
-        def __init__(self):
-            self.conv = Conv2d(4, 6, 3, stride=2, rngs=nnx.Rngs(0))
-            self.bn = BatchNorm(6)
+        def __init__(self, program):
+            self.conv = Conv2d(4, 6, 3, stride=2, program=program, rngs=nnx.Rngs(0))
+            self.bn = BatchNorm(6, program=program)
 
         def __call__(self, v):
             return jax.nn.relu(self.bn(self.conv(v)))
 
-    def grads():
-        net = Net()
+    def grads(program):
+        net = Net(program)
         loss, g = nnx.value_and_grad(lambda m: jnp.sum(m(x) ** 2))(net)
         return loss, nnx.to_pure_dict(nnx.state(g)), np.asarray(net.bn.mean[...])
 
-    on = grads()
-    switches.set_cpu_phase_vjp(False)
-    switches.set_cpu_materialization(False)
-    switches.set_cpu_fused_batchnorm(False)
-    off = grads()
+    on = grads("xla_cpu")
+    off = grads("plain")
     np.testing.assert_allclose(on[0], off[0], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(on[1]), jax.tree.leaves(off[1])):
         # BatchNorm's two backward paths round differently: tolerance relative to the largest entry.
@@ -168,9 +226,8 @@ def test_conv_module_gradients_same_with_and_without_workarounds(switches):
 
 def _batchnorm_step(x, g, *, fused: bool, dtype=None):
     """Training-mode BatchNorm on x: (sum(y * g), running mean, running var, d_scale, d_bias, dx)."""
-    xla_cpu.set_cpu_fused_batchnorm(fused)
     c = x.shape[-1]
-    bn = BatchNorm(c, dtype=dtype)
+    bn = BatchNorm(c, dtype=dtype, program=ProgramOptions(fused_batchnorm=fused))
     bn.scale.set_value(jnp.linspace(0.5, 2.0, c))
     bn.bias.set_value(jnp.linspace(-1.0, 1.0, c))
 
@@ -185,7 +242,7 @@ def _batchnorm_step(x, g, *, fused: bool, dtype=None):
 
 
 @pytest.mark.parametrize("shape", [(4, 5, 6, 8), (3, 7, 1, 5), (2, 3)])
-def test_fused_batchnorm_equals_autodiff(switches, shape):
+def test_fused_batchnorm_equals_autodiff(shape):
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal(shape) * 3.0 + 1.5, jnp.float32)
     x = x.at[..., 0].set(2.0)                                  # a constant channel: variance 0
@@ -228,7 +285,7 @@ def test_fused_batchnorm_gradient_against_numpy():
     np.testing.assert_allclose(got_db, d_bias, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_batchnorm_bfloat16_close_to_float32(switches):
+def test_fused_batchnorm_bfloat16_close_to_float32():
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.standard_normal((4, 6, 5, 8)), jnp.float32)
     g = jnp.asarray(rng.standard_normal((4, 6, 5, 8)), jnp.float32)
@@ -241,9 +298,9 @@ def test_fused_batchnorm_bfloat16_close_to_float32(switches):
         np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * float(np.abs(b).max()))
 
 
-def test_fused_batchnorm_only_in_training_mode_and_when_on(switches):
+def test_fused_batchnorm_only_in_training_mode_and_when_asked():
     x = jnp.ones((2, 3, 3, 4))
-    bn = BatchNorm(4)
+    bn = BatchNorm(4, program="xla_cpu")
 
     def jaxpr(m):
         graphdef, state = nnx.split(m)
@@ -253,11 +310,11 @@ def test_fused_batchnorm_only_in_training_mode_and_when_on(switches):
     bn.eval()
     assert "custom_vjp_call" not in jaxpr(bn)                 # eval: running statistics, no VJP
     bn.train()
-    switches.set_cpu_fused_batchnorm(False)
-    assert "custom_vjp_call" not in jaxpr(bn)
+    assert "custom_vjp_call" in jaxpr(bn)
+    assert "custom_vjp_call" not in jaxpr(BatchNorm(4))       # the default program: autodiff
 
 
-def test_fused_batchnorm_propagates_nan(switches):
+def test_fused_batchnorm_propagates_nan():
     x = jnp.asarray(np.random.default_rng(6).standard_normal((3, 4, 4, 3)), jnp.float32).at[1, 2, 0, 1].set(jnp.nan)
     g = jnp.ones((3, 4, 4, 3), jnp.float32)
     fused, plain = _batchnorm_step(x, g, fused=True), _batchnorm_step(x, g, fused=False)

@@ -3,6 +3,10 @@
 PyTorch names are kept so that `psa_jax.convert.from_torch` can map reference checkpoints:
 `conv1, bn1, conv2, bn2[, conv3, bn3], downsample.{0,1}` and the attention under `deattn`
 (the attribute the official PSA code adds to HRNet's BasicBlock).
+
+`ModelOptions.program` (a `psa_jax.layers.xla_cpu.ProgramOptions`, plain by default) is fixed
+when a network is built: it goes to every conv and BatchNorm made through `ModelOptions.conv` /
+`ModelOptions.bn` and decides whether residual-block outputs pass through `xla_cpu.materialize`.
 """
 
 from __future__ import annotations
@@ -12,16 +16,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from psa_jax.layers import initializers as inits
-from psa_jax.layers.xla_cpu import materialize
 from psa_jax.layers.conv import Conv2d
 from psa_jax.layers.norm import BatchNorm
 from psa_jax.layers.registry import make_attention
+from psa_jax.layers.xla_cpu import ProgramOptions, materialize, program_options
 
-__all__ = ["ConvBN", "BasicBlock", "Bottleneck", "ModelOptions"]
+__all__ = ["ConvBN", "BasicBlock", "Bottleneck", "ModelOptions", "resolve_options"]
 
 
 class ModelOptions:
-    """Construction options every block passes down: dtypes, initialisation, attention.
+    """Construction options every block passes down: dtypes, initialisation, attention, program.
 
     Attributes:
       attention: registry name of the attention block ('none', 'psa_p', ...).
@@ -29,31 +33,58 @@ class ModelOptions:
       kernel_init: conv weight initialiser (HRNet: N(0, 1e-3)).
       attention_init: init name passed to `make_attention` ('hrnet' or 'reference').
       dtype, param_dtype: compute and storage dtypes.
+      program: the `ProgramOptions` of the built network ('plain', 'xla_cpu' or the options
+        themselves on input; see `psa_jax.layers.xla_cpu`).
     """
 
     def __init__(self, *, attention: str = "none", attention_in_bottleneck: bool = False,
                  kernel_init: nnx.Initializer = inits.hrnet_normal, attention_init: str = "hrnet",
-                 dtype: jnp.dtype | None = None, param_dtype: jnp.dtype = jnp.float32):
+                 dtype: jnp.dtype | None = None, param_dtype: jnp.dtype = jnp.float32,
+                 program: str | ProgramOptions = "plain"):
         self.attention = attention
         self.attention_in_bottleneck = attention_in_bottleneck
         self.kernel_init = kernel_init
         self.attention_init = attention_init
         self.dtype = dtype
         self.param_dtype = param_dtype
+        self.program = program_options(program)
+
+    def replace(self, **changes) -> ModelOptions:
+        """A copy with the given attributes changed (`program` accepts a name, as the constructor)."""
+        kw = dict(attention=self.attention, attention_in_bottleneck=self.attention_in_bottleneck,
+                  kernel_init=self.kernel_init, attention_init=self.attention_init, dtype=self.dtype,
+                  param_dtype=self.param_dtype, program=self.program)
+        unknown = set(changes) - set(kw)
+        if unknown:
+            raise TypeError(f"ModelOptions has no attribute(s) {sorted(unknown)}")
+        kw.update(changes)
+        return ModelOptions(**kw)
 
     def conv(self, cin: int, cout: int, k: int, *, stride: int = 1, use_bias: bool = False,
              rngs: nnx.Rngs, kernel_init: nnx.Initializer | None = None) -> Conv2d:
         return Conv2d(cin, cout, k, stride=stride, use_bias=use_bias, kernel_init=kernel_init or self.kernel_init,
-                      dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+                      dtype=self.dtype, param_dtype=self.param_dtype, program=self.program, rngs=rngs)
 
     def bn(self, c: int, *, rngs: nnx.Rngs) -> BatchNorm:
-        return BatchNorm(c, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+        return BatchNorm(c, dtype=self.dtype, param_dtype=self.param_dtype, program=self.program, rngs=rngs)
 
     def attention_block(self, c: int, *, rngs: nnx.Rngs) -> nnx.Module | None:
         if self.attention == "none":
             return None
         return make_attention(self.attention, c, init=self.attention_init, dtype=self.dtype,
                               param_dtype=self.param_dtype, rngs=rngs)
+
+
+def resolve_options(opts: ModelOptions | None, program: str | ProgramOptions | None) -> ModelOptions:
+    """`opts` (default `ModelOptions()`), with its program replaced by `program` unless that is None."""
+    opts = ModelOptions() if opts is None else opts
+    return opts if program is None else opts.replace(program=program)
+
+
+def _block_output(y: jax.Array, materialize_output: bool) -> jax.Array:
+    """A residual-block output; with the program's `materialize`, a buffer of its own, so that
+    XLA:CPU does not fuse the residual stream's add/ReLU chain into every consumer."""
+    return materialize(y) if materialize_output else y
 
 
 class ConvBN(nnx.Module):
@@ -90,6 +121,7 @@ class BasicBlock(nnx.Module):
         needs_shortcut = stride != 1 or inplanes != planes
         self.downsample = ConvBN(inplanes, planes, 1, stride=stride, relu=False, opts=opts, rngs=rngs) \
             if needs_shortcut else None
+        self.materialize_output = opts.program.materialize
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, H, W, inplanes) -> (B, H/s, W/s, planes)."""
@@ -98,9 +130,7 @@ class BasicBlock(nnx.Module):
             out = self.deattn(out)
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        # CPU only: a buffer boundary, else XLA:CPU re-fuses the residual stream's whole
-        # add/ReLU chain into every consumer (`psa_jax.layers.xla_cpu.materialize`).
-        return materialize(jax.nn.relu(out + shortcut))
+        return _block_output(jax.nn.relu(out + shortcut), self.materialize_output)
 
 
 class Bottleneck(nnx.Module):
@@ -125,6 +155,7 @@ class Bottleneck(nnx.Module):
         needs_shortcut = stride != 1 or inplanes != out
         self.downsample = ConvBN(inplanes, out, 1, stride=stride, relu=False, opts=opts, rngs=rngs) \
             if needs_shortcut else None
+        self.materialize_output = opts.program.materialize
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, H, W, inplanes) -> (B, H/s, W/s, 4 * planes)."""
@@ -134,6 +165,4 @@ class Bottleneck(nnx.Module):
             out = self.deattn(out)
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        # CPU only: a buffer boundary, else XLA:CPU re-fuses the residual stream's whole
-        # add/ReLU chain into every consumer (`psa_jax.layers.xla_cpu.materialize`).
-        return materialize(jax.nn.relu(out + shortcut))
+        return _block_output(jax.nn.relu(out + shortcut), self.materialize_output)

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psa_jax.layers.xla_cpu import materialize
 from psa_jax.layers.resize import resize_bilinear, upsample_nearest
-from psa_jax.models.blocks import BasicBlock, Bottleneck, ConvBN, ModelOptions
+from psa_jax.layers.xla_cpu import ProgramOptions, materialize
+from psa_jax.models.blocks import BasicBlock, Bottleneck, ConvBN, ModelOptions, resolve_options
 
 __all__ = ["StageSpec", "HRNetSpec", "HRNET_SPECS", "HighResolutionModule", "HRNetBackbone", "hrnet_spec"]
 
@@ -121,6 +121,8 @@ class HighResolutionModule(nnx.Module):
       multi_scale_output: fuse into every branch (True) or only the highest-resolution one.
       upsample: 'nearest' (pose) or 'bilinear' (segmentation).
       align_corners: for bilinear upsampling.
+      opts: block options; with `opts.program.materialize` every fuse output passes through
+        `xla_cpu.materialize` (a buffer boundary for XLA:CPU, as on residual-block outputs).
     Forward: list of (B, H/2^i, W/2^i, C_i) -> list of the same shapes (or just branch 0).
     """
 
@@ -133,6 +135,7 @@ class HighResolutionModule(nnx.Module):
                              f"channels {num_channels}")
         self.upsample = upsample
         self.align_corners = align_corners
+        self.materialize_output = opts.program.materialize
         branches = []
         for b in range(nb):
             blocks = [BasicBlock(num_inchannels[b] if k == 0 else num_channels[b], num_channels[b], opts=opts, rngs=rngs)
@@ -185,7 +188,8 @@ class HighResolutionModule(nnx.Module):
                     for step in layer:
                         term = step(term)
                 acc = term if acc is None else acc + term
-            out.append(materialize(jax.nn.relu(acc)))  # CPU-only buffer boundary (see blocks.py)
+            y = jax.nn.relu(acc)
+            out.append(materialize(y) if self.materialize_output else y)
         return out
 
 
@@ -197,13 +201,17 @@ class HRNetBackbone(nnx.Module):
       multi_scale_output: the last module keeps all branches (segmentation) or only the
         highest-resolution one (pose).
       upsample, align_corners: fuse-layer upsampling.
-      opts: dtypes, initialisation and attention placement.
+      opts: dtypes, initialisation, attention placement and program (default `ModelOptions()`).
+      program: 'plain', 'xla_cpu' or a `ProgramOptions`, replacing `opts.program`; None keeps it
+        (plain unless `opts` says otherwise).
     Forward: (B, H, W, 3) -> list of branch features [(B, H/4, W/4, C), (B, H/8, W/8, 2C), ...]
     (one element when `multi_scale_output=False`).
     """
 
     def __init__(self, spec: HRNetSpec, *, multi_scale_output: bool, upsample: Upsample,
-                 align_corners: bool = False, opts: ModelOptions, rngs: nnx.Rngs):
+                 align_corners: bool = False, opts: ModelOptions | None = None,
+                 program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
+        opts = resolve_options(opts, program)
         self.spec = spec
         self.conv1 = opts.conv(3, 64, 3, stride=2, rngs=rngs)
         self.bn1 = opts.bn(64, rngs=rngs)

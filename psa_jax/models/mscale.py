@@ -1,7 +1,7 @@
 """Hierarchical multi-scale attention network (Tao, Sapra, Catanzaro, arXiv 2005.10821) on HRNetV2-OCR.
 
 This is NVIDIA's `semantic-segmentation: network/ocrnet.py::MscaleOCR` (arch `ocrnet.HRNet_Mscale`),
-the network the released PSA Cityscapes checkpoints are (`psa_module.md` §5.1, §8). Keys:
+the network of the released PSA Cityscapes checkpoints (`DeLightCMU/PSA: semantic-segmentation`). Keys:
 `backbone.*` (HRNetV2-W48 trunk, PSA under `...branches.b.k.deattn`), `ocr.*`, `scale_attn.*`.
 
 One scale (`single_scale`): trunk -> OCR -> (cls, aux, ocr features); `scale_attn` (3x3 conv-BN-ReLU,
@@ -26,7 +26,8 @@ from flax import nnx
 
 from psa_jax.layers.conv import Conv2d
 from psa_jax.layers.resize import resize_bilinear
-from psa_jax.models.blocks import ModelOptions
+from psa_jax.layers.xla_cpu import ProgramOptions
+from psa_jax.models.blocks import ModelOptions, resolve_options
 from psa_jax.models.hrnet import HRNetBackbone, HRNetSpec, concat_branches, hrnet_spec
 from psa_jax.models.ocr import OCRBlock
 from psa_jax.models.options import Placement, model_options
@@ -38,7 +39,7 @@ class ScaleAttentionHead(nnx.Module):
     """NVIDIA `make_attn_head`: conv0 3x3, bn0, ReLU, conv1 3x3, bn1, ReLU, conv2 1x1 -> 1, sigmoid."""
 
     def __init__(self, in_channels: int, *, bottleneck: int = 256, opts: ModelOptions, rngs: nnx.Rngs):
-        kw = dict(dtype=opts.dtype, param_dtype=opts.param_dtype, rngs=rngs)
+        kw = dict(dtype=opts.dtype, param_dtype=opts.param_dtype, program=opts.program, rngs=rngs)
         self.conv0 = Conv2d(in_channels, bottleneck, 3, **kw)
         self.bn0 = opts.bn(bottleneck, rngs=rngs)
         self.conv1 = Conv2d(bottleneck, bottleneck, 3, **kw)
@@ -75,10 +76,14 @@ class MscaleOCR(nnx.Module):
     Args:
       train_lo_scale: the low training scale (`MSCALE_LO_SCALE`, 0.5).
       eval_scales: inference scales (`n_scales "0.5,1.0,2.0"`); must contain 1.0.
+      opts: block options (default `ModelOptions()`).
+      program: 'plain', 'xla_cpu' or a `ProgramOptions`, replacing `opts.program` (None keeps it).
     """
 
     def __init__(self, spec: HRNetSpec, *, num_classes: int, train_lo_scale: float = 0.5,
-                 eval_scales: Sequence[float] = (0.5, 1.0, 2.0), opts: ModelOptions, rngs: nnx.Rngs):
+                 eval_scales: Sequence[float] = (0.5, 1.0, 2.0), opts: ModelOptions | None = None,
+                 program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
+        opts = resolve_options(opts, program)
         if 1.0 not in tuple(eval_scales):
             raise ValueError(f"eval_scales={tuple(eval_scales)} must contain 1.0 (hierarchical merging starts there)")
         self.train_lo_scale = train_lo_scale
@@ -138,8 +143,11 @@ class MscaleOCR(nnx.Module):
 def mscale_ocr(width: int | str = 48, *, num_classes: int = 19, attention: str = "none",
                placement: Placement = "basic", eval_scales: Sequence[float] = (0.5, 1.0, 2.0),
                dtype: jnp.dtype | None = None, param_dtype: jnp.dtype = jnp.float32,
-               rngs: nnx.Rngs | None = None) -> MscaleOCR:
-    """Builds NVIDIA's HRNet_Mscale (the released PSA checkpoints: width 48, attention 'psa_p'/'psa_s')."""
-    opts = model_options(attention, placement, dtype, param_dtype)
+               program: str | ProgramOptions = "plain", rngs: nnx.Rngs | None = None) -> MscaleOCR:
+    """Builds NVIDIA's HRNet_Mscale (the released PSA checkpoints: width 48, attention 'psa_p'/'psa_s').
+
+    attention, placement, dtype, param_dtype, program, rngs: as in `psa_jax.models.pose.pose_hrnet`.
+    """
+    opts = model_options(attention, placement, dtype, param_dtype, program)
     return MscaleOCR(hrnet_spec(width), num_classes=num_classes, eval_scales=eval_scales, opts=opts,
                      rngs=rngs or nnx.Rngs(0))

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from psa_jax.layers.conv import Conv2d
-from psa_jax.models.blocks import ModelOptions
+from psa_jax.layers.xla_cpu import ProgramOptions
+from psa_jax.models.blocks import ModelOptions, resolve_options
 from psa_jax.models.hrnet import HRNetBackbone, HRNetSpec, concat_branches
 
 __all__ = ["ConvBNReLU", "OCRBlock", "OCRNet"]
@@ -36,7 +37,8 @@ class ConvBNReLU(nnx.Module):
 
     def __init__(self, cin: int, cout: int, k: int = 1, *, use_bias: bool = False, opts: ModelOptions,
                  rngs: nnx.Rngs):
-        self.conv = Conv2d(cin, cout, k, use_bias=use_bias, dtype=opts.dtype, param_dtype=opts.param_dtype, rngs=rngs)
+        self.conv = Conv2d(cin, cout, k, use_bias=use_bias, dtype=opts.dtype, param_dtype=opts.param_dtype,
+                           program=opts.program, rngs=rngs)
         self.bn = opts.bn(cout, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -69,7 +71,8 @@ class _AuxHead(nnx.Module):
 
     def __init__(self, cin: int, num_classes: int, *, opts: ModelOptions, rngs: nnx.Rngs):
         self.hidden = ConvBNReLU(cin, cin, use_bias=True, opts=opts, rngs=rngs)
-        self.cls = Conv2d(cin, num_classes, 1, use_bias=True, dtype=opts.dtype, param_dtype=opts.param_dtype, rngs=rngs)
+        self.cls = Conv2d(cin, num_classes, 1, use_bias=True, dtype=opts.dtype, param_dtype=opts.param_dtype,
+                          program=opts.program, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.cls(self.hidden(x))
@@ -124,7 +127,7 @@ class OCRBlock(nnx.Module):
         self.ocr_distri_head = _SpatialOCR(mid_channels, key_channels, mid_channels, dropout=dropout, opts=opts,
                                            rngs=rngs)
         self.cls_head = Conv2d(mid_channels, num_classes, 1, use_bias=True, dtype=opts.dtype,
-                               param_dtype=opts.param_dtype, rngs=rngs)
+                               param_dtype=opts.param_dtype, program=opts.program, rngs=rngs)
         self.aux_head = _AuxHead(in_channels, num_classes, opts=opts, rngs=rngs)
 
     @staticmethod
@@ -147,10 +150,12 @@ class OCRNet(nnx.Module):
 
     Forward: (B, H, W, 3) -> logits (B, H/4, W/4, K) in eval mode; `(logits, aux_logits)` in
     training mode (`model.train()`), the auxiliary output for the 0.4-weighted loss.
+    `opts` (default `ModelOptions()`) and `program` (None: `opts.program`) as in `HRNetBackbone`.
     """
 
-    def __init__(self, spec: HRNetSpec, *, num_classes: int, align_corners: bool, opts: ModelOptions,
-                 rngs: nnx.Rngs):
+    def __init__(self, spec: HRNetSpec, *, num_classes: int, align_corners: bool, opts: ModelOptions | None = None,
+                 program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
+        opts = resolve_options(opts, program)
         self.align_corners = align_corners
         self.deterministic = False
         self.backbone = HRNetBackbone(spec, multi_scale_output=True, upsample="bilinear", align_corners=align_corners,

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from psa_jax.models.blocks import ModelOptions
+from psa_jax.layers.xla_cpu import ProgramOptions
+from psa_jax.models.blocks import ModelOptions, resolve_options
 from psa_jax.models.hrnet import HRNetBackbone, HRNetSpec, concat_branches, hrnet_spec
 from psa_jax.models.ocr import OCRNet
 from psa_jax.models.options import Placement, model_options
@@ -39,12 +40,16 @@ class _LastLayer(nnx.Module):
 
 
 class SegHRNetV2(nnx.Module):
-    """HRNetV2 segmentation network. Forward: (B, H, W, 3) -> logits (B, ceil(H/4), ceil(W/4), K)."""
+    """HRNetV2 segmentation network. Forward: (B, H, W, 3) -> logits (B, ceil(H/4), ceil(W/4), K).
+
+    `opts` (default `ModelOptions()`) and `program` (None: `opts.program`) as in `HRNetBackbone`.
+    """
 
     torch_names = {"backbone": None}
 
-    def __init__(self, spec: HRNetSpec, *, num_classes: int, align_corners: bool, opts: ModelOptions,
-                 rngs: nnx.Rngs):
+    def __init__(self, spec: HRNetSpec, *, num_classes: int, align_corners: bool, opts: ModelOptions | None = None,
+                 program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
+        opts = resolve_options(opts, program)
         self.align_corners = align_corners
         self.backbone = HRNetBackbone(spec, multi_scale_output=True, upsample="bilinear", align_corners=align_corners,
                                       opts=opts, rngs=rngs)
@@ -60,7 +65,8 @@ class SegHRNetV2(nnx.Module):
 
 def seg_hrnet(width: int | str, *, num_classes: int = 19, ocr: bool = False, attention: str = "none",
               placement: Placement = "basic", align_corners: bool | None = None, dtype: jnp.dtype | None = None,
-              param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs | None = None) -> SegHRNetV2 | OCRNet:
+              param_dtype: jnp.dtype = jnp.float32, program: str | ProgramOptions = "plain",
+              rngs: nnx.Rngs | None = None) -> SegHRNetV2 | OCRNet:
     """Builds HRNetV2 (`ocr=False`) or HRNetV2-OCR (`ocr=True`).
 
     Args:
@@ -70,11 +76,11 @@ def seg_hrnet(width: int | str, *, num_classes: int = 19, ocr: bool = False, att
       attention, placement: as in `pose_hrnet`.
       align_corners: bilinear convention of the fuse layers and the branch concatenation; default
         per reference: True for HRNetV2 (HRNet-Seg's Cityscapes configs), False for OCR (NVIDIA).
-      dtype, param_dtype, rngs: as in `pose_hrnet`.
+      dtype, param_dtype, program, rngs: as in `pose_hrnet`.
     Initialisation: backbone and head convs N(0, 1e-3) (`init_weights`); the OCR head keeps
     PyTorch's defaults, as NVIDIA's code does.
     """
-    opts = model_options(attention, placement, dtype, param_dtype)
+    opts = model_options(attention, placement, dtype, param_dtype, program)
     spec = hrnet_spec(width)
     rngs = rngs or nnx.Rngs(0)
     if ocr:

@@ -15,7 +15,8 @@ from flax import nnx
 
 from psa_jax.layers import initializers as inits
 from psa_jax.layers.conv import ConvTranspose2d
-from psa_jax.models.blocks import Bottleneck, ModelOptions
+from psa_jax.layers.xla_cpu import ProgramOptions
+from psa_jax.models.blocks import Bottleneck, ModelOptions, resolve_options
 from psa_jax.models.options import model_options
 
 __all__ = ["PoseResNet", "pose_resnet", "RESNET_DEPTHS"]
@@ -26,10 +27,15 @@ RESNET_DEPTHS: dict[int, tuple[int, int, int, int]] = {26: (2, 2, 2, 2), 50: (3,
 
 
 class PoseResNet(nnx.Module):
-    """SimpleBaseline. Forward: (B, H, W, 3) -> heatmaps (B, H/4, W/4, K), H and W multiples of 32."""
+    """SimpleBaseline. Forward: (B, H, W, 3) -> heatmaps (B, H/4, W/4, K), H and W multiples of 32.
+
+    `opts` (default `ModelOptions()`) and `program` (None: `opts.program`) as in
+    `psa_jax.models.hrnet.HRNetBackbone`.
+    """
 
     def __init__(self, depth: int, *, num_keypoints: int, deconv_filters: tuple[int, ...] = (256, 256, 256),
-                 opts: ModelOptions, rngs: nnx.Rngs):
+                 opts: ModelOptions | None = None, program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
+        opts = resolve_options(opts, program)
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"unknown ResNet depth {depth}; valid: {sorted(RESNET_DEPTHS)}")
         self.conv1 = opts.conv(3, 64, 7, stride=2, rngs=rngs)
@@ -69,7 +75,11 @@ class PoseResNet(nnx.Module):
 
 
 def pose_resnet(depth: int = 50, *, num_keypoints: int = 17, attention: str = "none", dtype: jnp.dtype | None = None,
-                param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs | None = None) -> PoseResNet:
-    """Builds SimpleBaseline ResNet-`depth` with `attention` in every Bottleneck."""
-    opts = model_options(attention, "all_residual", dtype, param_dtype)
+                param_dtype: jnp.dtype = jnp.float32, program: str | ProgramOptions = "plain",
+                rngs: nnx.Rngs | None = None) -> PoseResNet:
+    """Builds SimpleBaseline ResNet-`depth` with `attention` in every Bottleneck.
+
+    dtype, param_dtype, program, rngs: as in `psa_jax.models.pose.pose_hrnet`.
+    """
+    opts = model_options(attention, "all_residual", dtype, param_dtype, program)
     return PoseResNet(depth, num_keypoints=num_keypoints, opts=opts, rngs=rngs or nnx.Rngs(0))

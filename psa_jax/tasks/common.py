@@ -9,7 +9,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["resolve_data_dir", "run_on_process_zero", "compute_dtype"]
+from psa_jax.layers.xla_cpu import PROGRAMS, program_for_platform
+
+__all__ = ["resolve_data_dir", "run_on_process_zero", "compute_dtype", "model_program"]
 
 
 def resolve_data_dir(config: Any, workdir: str | os.PathLike) -> str:
@@ -32,3 +34,17 @@ def compute_dtype(name: str):
     if name not in dtypes:
         raise ValueError(f"config.model.dtype={name!r} is not one of {sorted(dtypes)}")
     return dtypes[name]
+
+
+def model_program(program: str, platform: str | None) -> str:
+    """`config.model.program` -> the program variant a network is built as.
+
+    'auto' picks from `platform`, the platform of the devices the step will run on ('cpu' ->
+    'xla_cpu', anything else -> 'plain'; no platform -> 'plain'); 'plain' and 'xla_cpu' are taken
+    as they are. The variants compute the same values (`psa_jax.layers.xla_cpu`).
+    """
+    if program == "auto":
+        return program_for_platform(platform) if platform else "plain"
+    if program not in PROGRAMS:
+        raise ValueError(f"config.model.program={program!r} is not one of {['auto', *PROGRAMS]}")
+    return program

@@ -24,7 +24,7 @@ from psa_jax.data.pose_pipeline import (PoseAugmentConfig, build_coco_keypoints,
 from psa_jax.evaluation.pose_evaluator import evaluate_keypoints
 from psa_jax.models import pose_hrnet, pose_resnet
 from psa_jax.tasks.pose_losses import joints_mse_loss
-from psa_jax.tasks.common import compute_dtype, resolve_data_dir, run_on_process_zero
+from psa_jax.tasks.common import compute_dtype, model_program, resolve_data_dir, run_on_process_zero
 
 __all__ = ["PoseTask"]
 
@@ -95,14 +95,16 @@ class PoseTask:
         return normalize_on_device(images) if images.dtype == jnp.uint8 else images
 
     # ------------------------------------------------------------------ model and loss
-    def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    def build_model(self, rngs: nnx.Rngs, *, platform: str | None = None) -> nnx.Module:
         m = self.config.model
         dtype = compute_dtype(m.dtype)
+        program = model_program(m.program, platform)
         if m.name == "pose_hrnet":
             return pose_hrnet(m.width, num_keypoints=m.num_keypoints, attention=m.attention, placement=m.placement,
-                              dtype=dtype, rngs=rngs)
+                              dtype=dtype, program=program, rngs=rngs)
         if m.name == "pose_resnet":
-            return pose_resnet(m.depth, num_keypoints=m.num_keypoints, attention=m.attention, dtype=dtype, rngs=rngs)
+            return pose_resnet(m.depth, num_keypoints=m.num_keypoints, attention=m.attention, dtype=dtype,
+                               program=program, rngs=rngs)
         raise ValueError(f"config.model.name={m.name!r} is not one of 'pose_hrnet', 'pose_resnet'")
 
     def loss_fn(self, outputs: jax.Array, batch: Mapping[str, jax.Array]):

@@ -46,8 +46,9 @@ class Task(Protocol):
     def prepare_data(self) -> None:
         """Builds or locates the datasets (once; idempotent)."""
 
-    def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        """The network of `config.model`."""
+    def build_model(self, rngs: nnx.Rngs, *, platform: str | None = None) -> nnx.Module:
+        """The network of `config.model`, as the program variant `config.model.program` names
+        ('auto': chosen for `platform`, the platform of the devices it will run on)."""
 
     def train_dataset(self) -> tuple[grain.IterDataset, int]:
         """(this process's training stream, number of training examples per epoch)."""

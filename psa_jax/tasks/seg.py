@@ -27,7 +27,7 @@ from psa_jax.data.seg_pipeline import AUGMENT_PRESETS, cityscapes_records, seg_t
 from psa_jax.evaluation.seg_evaluator import evaluate_segmentation
 from psa_jax.models import mscale_ocr, seg_hrnet
 from psa_jax.tasks.seg_losses import CITYSCAPES_CLASS_WEIGHTS, hrnet_seg_loss, nvidia_mscale_loss
-from psa_jax.tasks.common import compute_dtype, resolve_data_dir, run_on_process_zero
+from psa_jax.tasks.common import compute_dtype, model_program, resolve_data_dir, run_on_process_zero
 
 __all__ = ["SegTask"]
 
@@ -99,17 +99,19 @@ class SegTask:
         return ds, len(records)
 
     # ------------------------------------------------------------------ model and loss
-    def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    def build_model(self, rngs: nnx.Rngs, *, platform: str | None = None) -> nnx.Module:
         m = self.config.model
         dtype = compute_dtype(m.dtype)
+        program = model_program(m.program, platform)
         if m.align_corners not in _ALIGN:
             raise ValueError(f"config.model.align_corners={m.align_corners!r} is not one of {sorted(_ALIGN)}")
         if m.name == "seg_hrnet":
             return seg_hrnet(m.width, num_classes=m.num_classes, ocr=m.ocr, attention=m.attention,
-                             placement=m.placement, align_corners=_ALIGN[m.align_corners], dtype=dtype, rngs=rngs)
+                             placement=m.placement, align_corners=_ALIGN[m.align_corners], dtype=dtype,
+                             program=program, rngs=rngs)
         if m.name == "mscale_ocr":
             return mscale_ocr(m.width, num_classes=m.num_classes, attention=m.attention, placement=m.placement,
-                              eval_scales=tuple(m.eval_scales), dtype=dtype, rngs=rngs)
+                              eval_scales=tuple(m.eval_scales), dtype=dtype, program=program, rngs=rngs)
         raise ValueError(f"config.model.name={m.name!r} is not one of 'seg_hrnet', 'mscale_ocr'")
 
     def preprocess(self, images: jax.Array) -> jax.Array:

@@ -11,7 +11,7 @@ from flax import nnx
 
 from psa_jax.tasks.registry import get_task
 from psa_jax.training.checkpointing import Checkpointer, abstract_like
-from psa_jax.training.train_step import host_predict_fn, make_forward, make_mesh, state_shardings
+from psa_jax.training.train_step import host_predict_fn, make_forward, make_mesh, mesh_platform, state_shardings
 
 __all__ = ["evaluate"]
 
@@ -27,7 +27,7 @@ def evaluate(config, workdir: str, step: str | int = "best") -> dict:
     mesh = make_mesh(config.mesh.data, config.mesh.model)
     task = get_task(config, workdir)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), best_metric=task.metric, best_mode=task.metric_mode)
-    model_gd, model_state = nnx.split(task.build_model(nnx.Rngs(config.seed)))
+    model_gd, model_state = nnx.split(task.build_model(nnx.Rngs(config.seed), platform=mesh_platform(mesh)))
     model_sh = state_shardings(model_state, mesh, shard_params=config.mesh.shard_params)
     restored = ckpt.restore(step, model=abstract_like(model_state, model_sh))
     logger.info("restored step %d from %s (%s)", restored["step"], ckpt.directory,

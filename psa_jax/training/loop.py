@@ -64,7 +64,7 @@ def train(config, workdir: str) -> dict:
     # ---------------------------------------------------------------- model and optimizer
     schedule = make_schedule(config.schedule, base_lr=config.optimizer.lr, steps_per_epoch=steps_per_epoch,
                              total_steps=total_steps)
-    model = task.build_model(nnx.Rngs(config.seed))
+    model = task.build_model(nnx.Rngs(config.seed), platform=mesh_platform(mesh))
     initialise_weights(model, config.init)
     optimizer = nnx.Optimizer(model, make_optimizer(config.optimizer, schedule), wrt=nnx.Param)
     model_gd, model_state = nnx.split(model)
