@@ -10,8 +10,13 @@ JAX nor initialises a backend: `psa_jax.runtime.xla_flags.configure_xla` can sti
     psa = make_attention("psa_s", 64, rngs=nnx.Rngs(0))      # by registry name (docs/psa.md)
     net = pose_hrnet("w32", attention="psa_p")    # (B, 256, 192, 3) -> (B, 64, 48, 17) heatmaps
 
-Sub-packages: `psa_jax.layers` (attention blocks), `psa_jax.models` (backbones, heads, networks),
-`psa_jax.data`, `psa_jax.evaluation`, `psa_jax.training`, `psa_jax.convert`.
+Networks are built as the plain program unless asked otherwise (`program='xla_cpu'`: the
+value-identical XLA:CPU variant, `psa_jax.layers.xla_cpu`).
+
+Sub-packages (docs/architecture.md): `psa_jax.layers` (attention blocks, primitives),
+`psa_jax.models` (backbones, heads, networks), `psa_jax.convert` (PyTorch weights),
+`psa_jax.data`, `psa_jax.evaluation`, `psa_jax.tasks`, `psa_jax.training`, `psa_jax.runtime`,
+`psa_jax.tools` (command lines). `layers` and `models` need only the core install.
 """
 
 from __future__ import annotations

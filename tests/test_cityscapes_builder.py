@@ -152,7 +152,7 @@ def test_eval_pipeline_pads_and_flags(built):
 
 
 def test_check_cityscapes_cli(built, tmp_path, capsys):
-    from psa_jax.data import check_cityscapes
+    from psa_jax.tools import check_cityscapes
 
     root, _ = built
     rc = check_cityscapes.main(["--manual_dir", str(root / "manual"), "--data_dir", str(root / "data"),
@@ -167,7 +167,7 @@ def test_check_cityscapes_cli(built, tmp_path, capsys):
 
 
 def test_check_cityscapes_cli_missing_zips(tmp_path, capsys):
-    from psa_jax.data import check_cityscapes
+    from psa_jax.tools import check_cityscapes
 
     rc = check_cityscapes.main(["--manual_dir", str(tmp_path), "--data_dir", str(tmp_path / "d"), "--no_progress"])
     assert rc == 2

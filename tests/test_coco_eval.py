@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from psa_jax.data import check_keypoints
+from psa_jax.tools import check_keypoints
 from psa_jax.data.pose_pipeline import build_coco_keypoints, make_eval_data
 from psa_jax.evaluation.coco_eval import STAT_NAMES, coco_keypoint_eval, keypoint_results, load_coco
 from psa_jax.evaluation.pose_evaluator import (

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from psa_jax.data.fake_cityscapes import synthetic_records
-from psa_jax.training import seg_losses as L
+from psa_jax.tasks import seg_losses as L
 
 
 def _logits(rows):
