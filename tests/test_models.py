@@ -12,7 +12,7 @@ from psa_jax.layers import ATTENTION_NAMES, BatchNorm, Conv2d
 from psa_jax.layers.xla_cpu import XLA_CPU, ProgramOptions
 from psa_jax.models import (HRNetBackbone, MscaleOCR, OCRNet, PoseHRNet, PoseResNet, SegHRNetV2, mscale_ocr,
                             pose_hrnet, pose_resnet, seg_hrnet, summary)
-from psa_jax.models.blocks import BasicBlock, Bottleneck
+from psa_jax.models.blocks import BasicBlock, Bottleneck, ModelOptions
 from psa_jax.models.hrnet import HRNET_SPECS, HighResolutionModule, HRNetSpec, StageSpec
 from psa_jax.models.options import model_options
 
@@ -190,13 +190,16 @@ def test_every_network_constructor_takes_the_program_and_defaults_to_plain():
         "seg_hrnet_ocr": lambda **kw: seg_hrnet("w8_tiny", ocr=True, **kw),
         "mscale_ocr": lambda **kw: mscale_ocr("w8_tiny", **kw),
         "pose_resnet": lambda **kw: pose_resnet(26, **kw),
-        "PoseHRNet": lambda **kw: PoseHRNet(TINY, num_keypoints=3, rngs=nnx.Rngs(0), **kw),
-        "SegHRNetV2": lambda **kw: SegHRNetV2(TINY, num_classes=3, align_corners=False, rngs=nnx.Rngs(0), **kw),
-        "OCRNet": lambda **kw: OCRNet(TINY, num_classes=3, align_corners=False, rngs=nnx.Rngs(0), **kw),
-        "MscaleOCR": lambda **kw: MscaleOCR(TINY, num_classes=3, rngs=nnx.Rngs(0), **kw),
-        "PoseResNet": lambda **kw: PoseResNet(26, num_keypoints=3, rngs=nnx.Rngs(0), **kw),
+        # The classes take the program inside their `ModelOptions`.
+        "PoseHRNet": lambda **kw: PoseHRNet(TINY, num_keypoints=3, opts=ModelOptions(**kw), rngs=nnx.Rngs(0)),
+        "SegHRNetV2": lambda **kw: SegHRNetV2(TINY, num_classes=3, align_corners=False, opts=ModelOptions(**kw),
+                                              rngs=nnx.Rngs(0)),
+        "OCRNet": lambda **kw: OCRNet(TINY, num_classes=3, align_corners=False, opts=ModelOptions(**kw),
+                                      rngs=nnx.Rngs(0)),
+        "MscaleOCR": lambda **kw: MscaleOCR(TINY, num_classes=3, opts=ModelOptions(**kw), rngs=nnx.Rngs(0)),
+        "PoseResNet": lambda **kw: PoseResNet(26, num_keypoints=3, opts=ModelOptions(**kw), rngs=nnx.Rngs(0)),
         "HRNetBackbone": lambda **kw: HRNetBackbone(TINY, multi_scale_output=True, upsample="bilinear",
-                                                    rngs=nnx.Rngs(0), **kw),
+                                                    opts=ModelOptions(**kw), rngs=nnx.Rngs(0)),
     }
     for name, build in builders.items():
         assert _program_flags(build()) == plain, name
@@ -204,10 +207,8 @@ def test_every_network_constructor_takes_the_program_and_defaults_to_plain():
         assert _program_flags(build(program=XLA_CPU)) == cpu, name
     only_bn = _program_flags(pose_hrnet("w8_tiny", program=ProgramOptions(fused_batchnorm=True)))
     assert only_bn == {("phase_vjp", False), ("fused_bn", True), ("materialize", False)}
-    # A class's `program` replaces the one in `opts`; None keeps it.
     opts = model_options("none", "basic", None, jnp.float32, "xla_cpu")
     assert _program_flags(PoseHRNet(TINY, num_keypoints=3, opts=opts, rngs=nnx.Rngs(0))) == cpu
-    assert _program_flags(PoseHRNet(TINY, num_keypoints=3, opts=opts, program="plain", rngs=nnx.Rngs(0))) == plain
     with pytest.raises(ValueError, match="valid: 'plain', 'xla_cpu'"):
         pose_hrnet("w8_tiny", program="bogus")
 

@@ -21,7 +21,7 @@ from psa_jax.layers.norm import BatchNorm
 from psa_jax.layers.registry import make_attention
 from psa_jax.layers.xla_cpu import ProgramOptions, materialize, program_options
 
-__all__ = ["ConvBN", "BasicBlock", "Bottleneck", "ModelOptions", "resolve_options"]
+__all__ = ["ConvBN", "BasicBlock", "Bottleneck", "ModelOptions"]
 
 
 class ModelOptions:
@@ -49,17 +49,6 @@ class ModelOptions:
         self.param_dtype = param_dtype
         self.program = program_options(program)
 
-    def replace(self, **changes) -> ModelOptions:
-        """A copy with the given attributes changed (`program` accepts a name, as the constructor)."""
-        kw = dict(attention=self.attention, attention_in_bottleneck=self.attention_in_bottleneck,
-                  kernel_init=self.kernel_init, attention_init=self.attention_init, dtype=self.dtype,
-                  param_dtype=self.param_dtype, program=self.program)
-        unknown = set(changes) - set(kw)
-        if unknown:
-            raise TypeError(f"ModelOptions has no attribute(s) {sorted(unknown)}")
-        kw.update(changes)
-        return ModelOptions(**kw)
-
     def conv(self, cin: int, cout: int, k: int, *, stride: int = 1, use_bias: bool = False,
              rngs: nnx.Rngs, kernel_init: nnx.Initializer | None = None) -> Conv2d:
         return Conv2d(cin, cout, k, stride=stride, use_bias=use_bias, kernel_init=kernel_init or self.kernel_init,
@@ -73,12 +62,6 @@ class ModelOptions:
             return None
         return make_attention(self.attention, c, init=self.attention_init, dtype=self.dtype,
                               param_dtype=self.param_dtype, rngs=rngs)
-
-
-def resolve_options(opts: ModelOptions | None, program: str | ProgramOptions | None) -> ModelOptions:
-    """`opts` (default `ModelOptions()`), with its program replaced by `program` unless that is None."""
-    opts = ModelOptions() if opts is None else opts
-    return opts if program is None else opts.replace(program=program)
 
 
 def _block_output(y: jax.Array, materialize_output: bool) -> jax.Array:

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from psa_jax.layers.resize import resize_bilinear, upsample_nearest
-from psa_jax.layers.xla_cpu import ProgramOptions, materialize
-from psa_jax.models.blocks import BasicBlock, Bottleneck, ConvBN, ModelOptions, resolve_options
+from psa_jax.layers.xla_cpu import materialize
+from psa_jax.models.blocks import BasicBlock, Bottleneck, ConvBN, ModelOptions
 
 __all__ = ["StageSpec", "HRNetSpec", "HRNET_SPECS", "HighResolutionModule", "HRNetBackbone", "hrnet_spec"]
 
@@ -201,17 +201,13 @@ class HRNetBackbone(nnx.Module):
       multi_scale_output: the last module keeps all branches (segmentation) or only the
         highest-resolution one (pose).
       upsample, align_corners: fuse-layer upsampling.
-      opts: dtypes, initialisation, attention placement and program (default `ModelOptions()`).
-      program: 'plain', 'xla_cpu' or a `ProgramOptions`, replacing `opts.program`; None keeps it
-        (plain unless `opts` says otherwise).
+      opts: dtypes, initialisation, attention placement and program (`ModelOptions`).
     Forward: (B, H, W, 3) -> list of branch features [(B, H/4, W/4, C), (B, H/8, W/8, 2C), ...]
     (one element when `multi_scale_output=False`).
     """
 
     def __init__(self, spec: HRNetSpec, *, multi_scale_output: bool, upsample: Upsample,
-                 align_corners: bool = False, opts: ModelOptions | None = None,
-                 program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
-        opts = resolve_options(opts, program)
+                 align_corners: bool = False, opts: ModelOptions, rngs: nnx.Rngs):
         self.spec = spec
         self.conv1 = opts.conv(3, 64, 3, stride=2, rngs=rngs)
         self.bn1 = opts.bn(64, rngs=rngs)

@@ -27,7 +27,7 @@ from flax import nnx
 from psa_jax.layers.conv import Conv2d
 from psa_jax.layers.resize import resize_bilinear
 from psa_jax.layers.xla_cpu import ProgramOptions
-from psa_jax.models.blocks import ModelOptions, resolve_options
+from psa_jax.models.blocks import ModelOptions
 from psa_jax.models.hrnet import HRNetBackbone, HRNetSpec, concat_branches, hrnet_spec
 from psa_jax.models.ocr import OCRBlock
 from psa_jax.models.options import Placement, model_options
@@ -76,14 +76,11 @@ class MscaleOCR(nnx.Module):
     Args:
       train_lo_scale: the low training scale (`MSCALE_LO_SCALE`, 0.5).
       eval_scales: inference scales (`n_scales "0.5,1.0,2.0"`); must contain 1.0.
-      opts: block options (default `ModelOptions()`).
-      program: 'plain', 'xla_cpu' or a `ProgramOptions`, replacing `opts.program` (None keeps it).
+      opts: block options (dtypes, attention, program).
     """
 
     def __init__(self, spec: HRNetSpec, *, num_classes: int, train_lo_scale: float = 0.5,
-                 eval_scales: Sequence[float] = (0.5, 1.0, 2.0), opts: ModelOptions | None = None,
-                 program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
-        opts = resolve_options(opts, program)
+                 eval_scales: Sequence[float] = (0.5, 1.0, 2.0), opts: ModelOptions, rngs: nnx.Rngs):
         if 1.0 not in tuple(eval_scales):
             raise ValueError(f"eval_scales={tuple(eval_scales)} must contain 1.0 (hierarchical merging starts there)")
         self.train_lo_scale = train_lo_scale

@@ -23,8 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from psa_jax.layers.conv import Conv2d
-from psa_jax.layers.xla_cpu import ProgramOptions
-from psa_jax.models.blocks import ModelOptions, resolve_options
+from psa_jax.models.blocks import ModelOptions
 from psa_jax.models.hrnet import HRNetBackbone, HRNetSpec, concat_branches
 
 __all__ = ["ConvBNReLU", "OCRBlock", "OCRNet"]
@@ -150,12 +149,11 @@ class OCRNet(nnx.Module):
 
     Forward: (B, H, W, 3) -> logits (B, H/4, W/4, K) in eval mode; `(logits, aux_logits)` in
     training mode (`model.train()`), the auxiliary output for the 0.4-weighted loss.
-    `opts` (default `ModelOptions()`) and `program` (None: `opts.program`) as in `HRNetBackbone`.
+    `opts` carries dtypes, attention and the program (`ModelOptions`).
     """
 
-    def __init__(self, spec: HRNetSpec, *, num_classes: int, align_corners: bool, opts: ModelOptions | None = None,
-                 program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
-        opts = resolve_options(opts, program)
+    def __init__(self, spec: HRNetSpec, *, num_classes: int, align_corners: bool, opts: ModelOptions,
+                 rngs: nnx.Rngs):
         self.align_corners = align_corners
         self.deterministic = False
         self.backbone = HRNetBackbone(spec, multi_scale_output=True, upsample="bilinear", align_corners=align_corners,

@@ -15,7 +15,7 @@ from flax import nnx
 from psa_jax.layers import initializers as inits
 from psa_jax.layers.conv import Conv2d
 from psa_jax.layers.xla_cpu import ProgramOptions
-from psa_jax.models.blocks import ModelOptions, resolve_options
+from psa_jax.models.blocks import ModelOptions
 from psa_jax.models.hrnet import HRNetBackbone, HRNetSpec, hrnet_spec
 from psa_jax.models.options import Placement, model_options
 
@@ -25,14 +25,13 @@ __all__ = ["PoseHRNet", "pose_hrnet"]
 class PoseHRNet(nnx.Module):
     """HRNet pose network. Forward: (B, H, W, 3) -> heatmaps (B, H/4, W/4, K), H and W multiples of 32.
 
-    `opts` (default `ModelOptions()`) and `program` (None: `opts.program`) as in `HRNetBackbone`.
+    `opts` carries dtypes, attention and the program (`ModelOptions`).
     """
 
     torch_names = {"backbone": None}
 
-    def __init__(self, spec: HRNetSpec, *, num_keypoints: int, opts: ModelOptions | None = None,
-                 program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
-        opts = resolve_options(opts, program)
+    def __init__(self, spec: HRNetSpec, *, num_keypoints: int, opts: ModelOptions,
+                 rngs: nnx.Rngs):
         self.num_keypoints = num_keypoints
         self.backbone = HRNetBackbone(spec, multi_scale_output=False, upsample="nearest", opts=opts, rngs=rngs)
         self.final_layer = Conv2d(spec.width, num_keypoints, 1, use_bias=True, kernel_init=inits.hrnet_normal,

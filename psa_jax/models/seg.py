@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from psa_jax.layers.xla_cpu import ProgramOptions
-from psa_jax.models.blocks import ModelOptions, resolve_options
+from psa_jax.models.blocks import ModelOptions
 from psa_jax.models.hrnet import HRNetBackbone, HRNetSpec, concat_branches, hrnet_spec
 from psa_jax.models.ocr import OCRNet
 from psa_jax.models.options import Placement, model_options
@@ -42,14 +42,13 @@ class _LastLayer(nnx.Module):
 class SegHRNetV2(nnx.Module):
     """HRNetV2 segmentation network. Forward: (B, H, W, 3) -> logits (B, ceil(H/4), ceil(W/4), K).
 
-    `opts` (default `ModelOptions()`) and `program` (None: `opts.program`) as in `HRNetBackbone`.
+    `opts` carries dtypes, attention and the program (`ModelOptions`).
     """
 
     torch_names = {"backbone": None}
 
-    def __init__(self, spec: HRNetSpec, *, num_classes: int, align_corners: bool, opts: ModelOptions | None = None,
-                 program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
-        opts = resolve_options(opts, program)
+    def __init__(self, spec: HRNetSpec, *, num_classes: int, align_corners: bool, opts: ModelOptions,
+                 rngs: nnx.Rngs):
         self.align_corners = align_corners
         self.backbone = HRNetBackbone(spec, multi_scale_output=True, upsample="bilinear", align_corners=align_corners,
                                       opts=opts, rngs=rngs)

@@ -16,7 +16,7 @@ from flax import nnx
 from psa_jax.layers import initializers as inits
 from psa_jax.layers.conv import ConvTranspose2d
 from psa_jax.layers.xla_cpu import ProgramOptions
-from psa_jax.models.blocks import Bottleneck, ModelOptions, resolve_options
+from psa_jax.models.blocks import Bottleneck, ModelOptions
 from psa_jax.models.options import model_options
 
 __all__ = ["PoseResNet", "pose_resnet", "RESNET_DEPTHS"]
@@ -29,13 +29,11 @@ RESNET_DEPTHS: dict[int, tuple[int, int, int, int]] = {26: (2, 2, 2, 2), 50: (3,
 class PoseResNet(nnx.Module):
     """SimpleBaseline. Forward: (B, H, W, 3) -> heatmaps (B, H/4, W/4, K), H and W multiples of 32.
 
-    `opts` (default `ModelOptions()`) and `program` (None: `opts.program`) as in
-    `psa_jax.models.hrnet.HRNetBackbone`.
+    `opts` carries dtypes, attention and the program (`ModelOptions`).
     """
 
     def __init__(self, depth: int, *, num_keypoints: int, deconv_filters: tuple[int, ...] = (256, 256, 256),
-                 opts: ModelOptions | None = None, program: str | ProgramOptions | None = None, rngs: nnx.Rngs):
-        opts = resolve_options(opts, program)
+                 opts: ModelOptions, rngs: nnx.Rngs):
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"unknown ResNet depth {depth}; valid: {sorted(RESNET_DEPTHS)}")
         self.conv1 = opts.conv(3, 64, 7, stride=2, rngs=rngs)
