@@ -29,6 +29,15 @@ def test_multistep_changes_at_epoch_boundaries():
     assert [float(s(t)) for t in (0, 19, 20, 29, 30, 49)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
+def test_multistep_with_the_optimizer_s_unsigned_step_counter():
+    """nnx.Optimizer counts steps in uint32; past a milestone the decay must hold (an unsigned
+    `boundary - step` inside optax wrapped around and brought the base rate back)."""
+    s = make_schedule(_schedule(name="multistep", milestones=(2, 3), gamma=0.1), base_lr=1.0, steps_per_epoch=10,
+                      total_steps=50)
+    steps = jnp.asarray([0, 19, 20, 21, 29, 30, 31, 49], jnp.uint32)
+    assert [float(s(t)) for t in steps] == pytest.approx([1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01])
+
+
 def test_poly_per_step_and_per_epoch():
     s = make_schedule(_schedule(name="poly", power=0.9), base_lr=0.01, steps_per_epoch=10, total_steps=100)
     assert float(s(25)) == pytest.approx(0.01 * (1 - 25 / 100) ** 0.9, rel=1e-5)

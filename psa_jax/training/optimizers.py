@@ -58,7 +58,12 @@ def make_schedule(cfg: Mapping[str, Any], *, base_lr: float, steps_per_epoch: in
     elif name == "multistep":
         gamma = float(_key(cfg, "schedule", "gamma"))
         boundaries = {int(m) * steps_per_epoch: gamma for m in _key(cfg, "schedule", "milestones")}
-        main = optax.piecewise_constant_schedule(base_lr, boundaries)
+        piecewise = optax.piecewise_constant_schedule(base_lr, boundaries)
+
+        def main(step):
+            # optax computes `boundary - step`; an unsigned step (nnx.Optimizer counts in uint32)
+            # wraps around past a boundary and undoes the decay, so the step is made signed first.
+            return piecewise(jnp.asarray(step, jnp.int32))
     elif name == "poly":
         main = optax.polynomial_schedule(base_lr, 0.0, float(_key(cfg, "schedule", "power")), total_steps)
     else:
