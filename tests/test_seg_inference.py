@@ -88,6 +88,94 @@ def test_multiscale_on_a_smooth_image_is_close_to_whole():
     assert float(jnp.abs(flipped_only - expected).max()) > 0.3
 
 
+# ------------------------------------------------------------------------------------------------
+# Flip test-time augmentation, with a model that is not mirror-equivariant
+# ------------------------------------------------------------------------------------------------
+
+_W_DIFF = np.random.default_rng(5).normal(size=(3, 19)).astype(np.float32)
+_RAMP = 3.0 * np.random.default_rng(6).normal(size=(19,)).astype(np.float32)
+
+
+def edge_model(images):
+    """Logits from each pixel, its difference to the right-hand neighbour and a ramp along x.
+
+    Unlike `pixel_model`, mirroring the input does not mirror the output (the horizontal
+    difference changes sign and the ramp runs the other way), so flip TTA changes the scores.
+    """
+    right = jnp.concatenate([images[:, :, 1:], images[:, :, -1:]], axis=2)
+    ramp = jnp.linspace(-1.0, 1.0, images.shape[2])[None, None, :, None] * _RAMP
+    return (jnp.einsum("bhwc,ck->bhwk", images, _W) + 20.0 * jnp.einsum("bhwc,ck->bhwk", right - images, _W_DIFF)
+            + ramp + _B)
+
+
+def _softmax(x):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _tta_expected(logits_of, images, scales, out_size, flip=True):
+    """Independent TTA reference: the mean over scales (x mirrors) of softmax(P(x)) and, with flip,
+    mirror(softmax(P(mirror(x)))), P's logits resized to out_size. Softmax probabilities are
+    averaged, as `multiscale_inference` documents and mmseg's aug_test does (HRNet-Seg's
+    `base_dataset.inference` instead averages a flip pair's logits, then takes `exp`)."""
+    x = np.asarray(images)
+    h, w = x.shape[1:3]
+    total = []
+    for s in scales:
+        size = (max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5)))
+        scaled = x if size == (h, w) else np.asarray(jax.image.resize(
+            x, (x.shape[0], *size, 3), "bilinear", antialias=False))
+        for mirror in ((False, True) if flip else (False,)):
+            inp = np.ascontiguousarray(scaled[:, :, ::-1]) if mirror else scaled
+            logits = np.asarray(logits_of(jnp.asarray(inp)), np.float32)
+            if logits.shape[1:3] != tuple(out_size):
+                logits = np.asarray(jax.image.resize(logits, (logits.shape[0], *out_size, logits.shape[3]),
+                                                     "bilinear", antialias=False))
+            probs = _softmax(logits)
+            total.append(probs[:, :, ::-1] if mirror else probs)
+    return np.mean(total, axis=0)
+
+
+def test_edge_model_is_not_mirror_equivariant():
+    images = _images(1)
+    direct = _softmax(edge_model(images))
+    mirrored = _softmax(edge_model(images[:, :, ::-1]))[:, :, ::-1]
+    assert np.abs(direct - mirrored).max() > 0.5
+    assert np.mean(direct.argmax(-1) != mirrored.argmax(-1)) > 0.1
+
+
+def _slide_edge(window, stride):
+    return lambda x: I.slide_inference(edge_model, x, window=window, stride=stride)
+
+
+@pytest.mark.parametrize("case", ["whole", "slide", "multiscale", "multiscale_slide"])
+def test_flip_tta_averages_the_mirrored_prediction(case):
+    """Each multiscale_inference path that flips (one whole pass, sliding windows, several scales,
+    several scales with the large one in windows) against the reference computed here."""
+    images = _images(1)
+    if case == "whole":
+        kwargs, logits_of = {"scales": (1.0,), "window": None}, edge_model
+    elif case == "slide":
+        kwargs, logits_of = {"scales": (1.0,), "window": (32, 48), "stride": (16, 40)}, _slide_edge((32, 48), (16, 40))
+    elif case == "multiscale":
+        kwargs, logits_of = {"scales": (0.5, 1.0, 1.5), "window": None}, edge_model
+    else:  # 32x64 and 64x128 fit the window; 96x192 goes through 2x2 windows, stride = window
+        kwargs = {"scales": (0.5, 1.0, 1.5), "window": (64, 128)}
+
+        def logits_of(x):
+            return _slide_edge((64, 128), (64, 128))(x) if x.shape[1] > 64 else edge_model(x)
+    expected = _tta_expected(logits_of, images, kwargs["scales"], (64, 128))
+    got = np.asarray(I.multiscale_inference(edge_model, images, flip=True, **kwargs))
+    assert got.shape == (1, 64, 128, 19)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    # The check has teeth: without the mirrored pass the scores are far from the reference.
+    no_flip = np.asarray(I.multiscale_inference(edge_model, images, flip=False, **kwargs))
+    np.testing.assert_allclose(no_flip, _tta_expected(logits_of, images, kwargs["scales"], (64, 128), flip=False),
+                               atol=2e-5)
+    assert np.abs(no_flip - expected).max() > 0.1
+
+
 def test_mscale_inference_calls_the_network_with_its_scales():
     calls = []
 
@@ -145,6 +233,30 @@ def test_evaluator_mscale_and_pixel_model_agreement(tmp_path):
     assert whole["mIoU"] < 0.5  # a random linear model is not the oracle
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "synthetic_000000_000019_overlay.png", "synthetic_000001_000019_overlay.png"]
+
+
+def test_evaluator_multiscale_passes_flip_through():
+    """The evaluator's confusion matrix is that of the flip-TTA reference's argmax (and not of the
+    unflipped prediction) for a model that is not mirror-equivariant."""
+    from psa_jax.evaluation.seg_metrics import confusion_matrix
+
+    records = synthetic_records(2, height=32, width=64, seed=5)
+    images = jnp.asarray(np.stack([normalize_image(r["image"]) for r in records]))
+    labels = np.stack([r["label"] for r in records]).astype(np.int64)
+    for flip in (True, False):
+        reference = _tta_expected(edge_model, images, (1.0,), (32, 64), flip=flip)
+        top2 = np.sort(reference, axis=-1)[..., -2:]
+        decided = top2[..., 1] - top2[..., 0] > 1e-4  # float64 reference vs float32: skip near-ties
+        preds = np.asarray(I.multiscale_inference(edge_model, images, scales=(1.0,), flip=flip, window=None)).argmax(-1)
+        assert decided.mean() > 0.99
+        np.testing.assert_array_equal(preds[decided], reference.argmax(-1)[decided])
+        result = evaluate_segmentation(edge_model, records, mode="multiscale", scales=(1.0,), flip=flip,
+                                       window=None, batch_size=2, progress=False, process_index=0,
+                                       process_count=1)
+        np.testing.assert_array_equal(result["confusion_matrix"], confusion_matrix(preds, labels, 19))
+        if flip:
+            flipped = result["confusion_matrix"]
+    assert not np.array_equal(flipped, result["confusion_matrix"])
 
 
 def test_evaluator_counts_corrupt_records_and_skips_them():

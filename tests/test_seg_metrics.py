@@ -89,6 +89,51 @@ def test_cross_process_sum_single_process_is_identity():
     np.testing.assert_array_equal(M.cross_process_sum(conf), conf)
 
 
+def _fake_two_processes(monkeypatch, other):
+    """Simulates two JAX processes: this one (index 0) and one holding the matrix `other`.
+
+    The other process runs the same `cross_process_sum` (its payload is captured by a first call),
+    and `process_allgather(tiled=False)` stacks the payloads in process order. Payloads must be
+    int32, as they travel without jax_enable_x64."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    payloads = []
+
+    def fake_allgather(x, tiled=False):
+        x = np.asarray(x)
+        assert not tiled and x.dtype == np.int32
+        payloads.append(x)
+        return np.stack([x, payloads[0]])  # [this process, the other one]
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", fake_allgather)
+    M.cross_process_sum(other)  # the other process's call: records its payload
+    return payloads
+
+
+def test_cross_process_sum_of_large_counts_over_two_processes_is_exact(monkeypatch):
+    # Counts above 2^31 and 2^32 (a full Cityscapes val set is ~1e9 pixels per matrix; a large
+    # test set or many epochs pass 2^31), low halves with the top bit (2^30) set, and zeros.
+    a = np.array([[2**31 + 5, 2**32 + 7, 0],
+                  [2**31 - 1, 3 * 2**32 + 2**30 + 11, 2**40 + 2**31 - 1],
+                  [1, 2**61 - 1, 2**33 + 2**30]], np.int64)
+    b = np.array([[2**31 - 1, 2**32 + 2**31, 9],
+                  [1, 2**30, 2**45 + 123],
+                  [2**32, 2**61 - 3, 0]], np.int64)
+    payloads = _fake_two_processes(monkeypatch, b)
+    got = M.cross_process_sum(a)
+    assert len(payloads) == 2
+    expected = [[int(x) + int(y) for x, y in zip(ra, rb)] for ra, rb in zip(a.tolist(), b.tolist())]
+    assert got.dtype == np.int64 and got.tolist() == expected
+    # A concrete value: 2^32 + 7 (high half 2, low half 7) plus 2^32 + 2^31 (high 3, low 0).
+    assert int(got[0, 1]) == 2 * 2**32 + 2**31 + 7 == 8_589_934_599 + 2**31
+    # Symmetric: the other process gets the same matrix; small ones still add exactly.
+    payloads.clear()
+    M.cross_process_sum(np.eye(3, dtype=np.int64))
+    np.testing.assert_array_equal(M.cross_process_sum(np.full((3, 3), 2, np.int64)), np.eye(3) + 2)
+
+
 def test_iou_table_lists_every_class():
     conf = M.confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 2]), 19)
     table = M.format_iou_table(M.segmentation_metrics(conf), CLASS_NAMES, conf)

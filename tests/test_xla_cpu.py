@@ -379,14 +379,30 @@ def test_configure_xla_in_fresh_process_adds_flags(tmp_path):
     """A new interpreter: flags are added before the backend starts and XLA accepts them."""
     import subprocess
     import sys
-    code = ("import os; os.environ.pop('XLA_FLAGS', None)\n"
+    import json
+    code = ("import os, json; os.environ.pop('XLA_FLAGS', None)\n"
             "from psa_jax.runtime.xla_flags import configure_xla\n"
+            "off = configure_xla(platform='cpu', cpu_onednn=False)\n"
+            "off_env = os.environ.get('XLA_FLAGS', '')\n"
             f"info = configure_xla(platform='cpu', cache_dir={str(tmp_path / 'cache')!r})\n"
             "import jax, jax.numpy as jnp\n"
             "print(int(jnp.sum(jnp.arange(4))), info['added_flags'] == [] or 'onednn' in os.environ['XLA_FLAGS'],\n"
-            "      jax.config.jax_compilation_cache_dir is not None)\n")
+            "      jax.config.jax_compilation_cache_dir is not None)\n"
+            f"json.dump({{'off': off['added_flags'], 'off_env': off_env, 'on': info['added_flags'],\n"
+            f"           'env': os.environ['XLA_FLAGS'], 'platform': jax.default_backend()}},\n"
+            f"          open({str(tmp_path / 'info.json')!r}, 'w'))\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["6", "True", "True"]
+    info = json.loads((tmp_path / "info.json").read_text())
+    # Switched off (cpu_onednn=False): nothing added, XLA_FLAGS stays empty.
+    assert info["off"] == [] and info["off_env"] == ""
+    if not xla_flags.jaxlib_has_flags(xla_flags.CPU_ONEDNN_FLAGS):  # same jaxlib as the child's
+        pytest.skip("this jaxlib has no oneDNN fusion flags")
+    # Switched on: exactly the two oneDNN/YNNPACK convolution flags, in XLA_FLAGS, and XLA ran with them.
+    assert info["on"] == list(xla_flags.CPU_ONEDNN_FLAGS) == [
+        "--xla_cpu_experimental_onednn_fusion_type=individual_convolution",
+        "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"]
+    assert info["env"].split() == info["on"] and info["platform"] == "cpu"
