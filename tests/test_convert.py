@@ -2,9 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from psa_jax.convert import ConversionError
+from psa_jax.convert.from_torch import from_torch
 from psa_jax.convert.pytorch_checkpoints import load_imagenet_backbone, load_pytorch, read_state_dict
+from psa_jax.layers.psa import PSA_s
 from psa_jax.models import pose_hrnet, seg_hrnet
 from psa_jax.torch_reference import randomize_
 from psa_jax.torch_reference.hrnet_cls import HEAD_PREFIXES, HRNetCls
@@ -49,13 +52,52 @@ def test_checkpoint_files_in_the_official_formats(tmp_path, imagenet_w18):
                 "state_dict": {"module." + k: v for k, v in ref.state_dict().items()}}, nvidia)
     sd = read_state_dict(nvidia)
     assert set(sd) == set(ref.state_dict())
+    torch_sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    for k, v in sd.items():  # the values, not only the keys, come out of the NVIDIA dict
+        np.testing.assert_array_equal(np.asarray(v), torch_sd[k], err_msg=k)
+    # ... and land where they belong in the JAX PSA_s: OIHW conv weights -> HWIO kernels, the
+    # bottleneck's LayerNorm (C/8, 1, 1) weight/bias -> (C/8,) scale/bias, conv biases as they are
+    psa = PSA_s(16, rngs=nnx.Rngs(0))
+    from_torch(psa, sd)
+    hwio = lambda k: torch_sd[k].transpose(2, 3, 1, 0)  # noqa: E731
+    ch, sp = psa.channel_only, psa.spatial_only
+    np.testing.assert_array_equal(ch.conv_q_right.kernel[...], hwio("conv_q_right.weight"))
+    np.testing.assert_array_equal(ch.conv_v_right.kernel[...], hwio("conv_v_right.weight"))
+    np.testing.assert_array_equal(ch.conv_up.reduce.kernel[...], hwio("conv_up.0.weight"))
+    np.testing.assert_array_equal(ch.conv_up.reduce.bias[...], torch_sd["conv_up.0.bias"])
+    np.testing.assert_array_equal(ch.conv_up.norm.scale[...], torch_sd["conv_up.1.weight"].reshape(-1))
+    np.testing.assert_array_equal(ch.conv_up.norm.bias[...], torch_sd["conv_up.1.bias"].reshape(-1))
+    np.testing.assert_array_equal(ch.conv_up.expand.kernel[...], hwio("conv_up.3.weight"))
+    np.testing.assert_array_equal(ch.conv_up.expand.bias[...], torch_sd["conv_up.3.bias"])
+    np.testing.assert_array_equal(sp.conv_q_left.kernel[...], hwio("conv_q_left.weight"))
+    np.testing.assert_array_equal(sp.conv_v_left.kernel[...], hwio("conv_v_left.weight"))
+    assert ch.conv_v_right.kernel[...].shape == (1, 1, 16, 8)  # (H, W, C_in, C_out)
+
     imagenet = tmp_path / "hrnet_w18.pth"
     torch.save({"model." + k: v for k, v in imagenet_w18.items()}, imagenet)
-    report = load_pytorch(seg_hrnet(18), imagenet, "imagenet")
+    seg = seg_hrnet(18)
+    report = load_pytorch(seg, imagenet, "imagenet")
     assert not report.missing
+    net = {k: v.numpy() for k, v in imagenet_w18.items()}
+    bb = seg.backbone
+    # 3x3 convs (stem, a stage-4 branch block) and a 1x1 fuse conv: OIHW -> HWIO
+    for jax_kernel, key in ((bb.conv1.kernel, "conv1.weight"), (bb.conv2.kernel, "conv2.weight"),
+                            (bb.stage4[2].branches[3][1].conv2.kernel, "stage4.2.branches.3.1.conv2.weight"),
+                            (bb.stage3[0].fuse_layers[0][1].conv.kernel, "stage3.0.fuse_layers.0.1.0.weight")):
+        np.testing.assert_array_equal(jax_kernel[...], net[key].transpose(2, 3, 1, 0), err_msg=key)
+    # BatchNorm: weight -> scale, bias -> bias, running_mean -> mean, running_var -> var
+    for bn, key in ((bb.bn1, "bn1"), (bb.stage2[0].branches[1][0].bn2, "stage2.0.branches.1.0.bn2"),
+                    (bb.transition1[1][0].bn, "transition1.1.0.1"),
+                    (bb.stage3[0].fuse_layers[0][1].bn, "stage3.0.fuse_layers.0.1.1")):
+        for attr, name in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):
+            np.testing.assert_array_equal(getattr(bn, attr)[...], net[f"{key}.{name}"], err_msg=f"{key}.{name}")
+    assert not np.array_equal(net["bn1.running_mean"], net["bn1.running_var"])  # randomised: a swap would show
+
     npz = tmp_path / "weights.npz"
     np.savez(npz, **{k: v.numpy() for k, v in ref.state_dict().items()})
     assert set(read_state_dict(npz)) == set(ref.state_dict())
+    for k, v in read_state_dict(npz).items():
+        np.testing.assert_array_equal(v, torch_sd[k], err_msg=k)
 
 
 def test_bad_files_give_clear_errors(tmp_path):

@@ -100,3 +100,63 @@ def test_flip_joints_in_crop():
     np.testing.assert_allclose(f[2], [181, 20, 1])  # right eye at 191 - 10
     np.testing.assert_allclose(f[1], [0, 0, 0])
     np.testing.assert_allclose(flip_joints_in_crop(f, 192), j)
+
+
+# COCO's 17 joints and their left/right mirror, written out here (independent of the module's pairs).
+_COCO_MIRROR = {0: 0,                    # nose
+                1: 2, 2: 1, 3: 4, 4: 3,  # eyes, ears
+                5: 6, 6: 5, 7: 8, 8: 7, 9: 10, 10: 9,  # shoulders, elbows, wrists
+                11: 12, 12: 11, 13: 14, 14: 13, 15: 16, 16: 15}  # hips, knees, ankles
+
+
+def _flip_back_by_hand(hm):
+    """out[b, y, x, k] = hm[b, y, w - 1 - x, mirror(k)], element by element."""
+    b, h, w, k = hm.shape
+    out = np.empty_like(hm)
+    for c in range(k):
+        for x in range(w):
+            out[:, :, x, c] = hm[:, :, w - 1 - x, _COCO_MIRROR[c]]
+    return out
+
+
+def _shift_by_hand(hm):
+    """HRNet SHIFT_HEATMAP: every column moves one heatmap pixel right, column 0 keeps its value."""
+    out = hm.copy()
+    for x in range(hm.shape[2] - 1, 0, -1):
+        out[:, :, x] = hm[:, :, x - 1]
+    return out
+
+
+def test_flip_back_and_flip_test_match_a_hand_written_mirror_and_channel_swap():
+    """Independent expectation: mirror along w and COCO's left/right channel swap written out above;
+    shift convention (HRNet `flip_back` + `SHIFT_HEATMAP`: shift right by one heatmap pixel for the
+    standard warp, msra and dark; none for UDP, whose flip is exact)."""
+    rng = np.random.default_rng(3)
+    hm = rng.random((2, 5, 7, 17)).astype(np.float32)
+    np.testing.assert_array_equal(flip_back(hm), _flip_back_by_hand(hm))
+    # one labelled peak: the left wrist (9) at heatmap x = 1 in the mirrored input's maps comes back
+    # as the right wrist (10) at x = w - 1 - 1 (+1 with the shift)
+    one = np.zeros((1, 5, 7, 17), np.float32)
+    one[0, 2, 1, 9] = 1.0
+    for name, dx in (("msra", 1), ("dark", 1), ("udp", 0)):
+        avg = average_with_flipped(np.zeros_like(one), one, shift_heatmap=default_shift_heatmap(name))
+        expected = np.zeros_like(one)
+        expected[0, 2, 7 - 1 - 1 + dx, 10] = 0.5
+        np.testing.assert_array_equal(avg, expected, err_msg=name)
+
+    images = rng.random((2, 16, 12, 3)).astype(np.float32)
+    weights = rng.random(17).astype(np.float32)
+
+    def predict(x):  # per-joint heatmaps from a left-right asymmetric function of the input
+        base = x[:, ::4, ::4, 0] + 2 * x[:, ::4, 1::4, 1]
+        return base[..., None] * weights
+
+    a = predict(images)
+    mirrored = predict(images[:, :, ::-1].copy())
+    for shift in (True, False):
+        back = _flip_back_by_hand(mirrored)
+        if shift:
+            back = _shift_by_hand(back)
+        np.testing.assert_allclose(flip_test(predict, images, shift_heatmap=shift), (a + back) / 2, rtol=1e-6)
+        np.testing.assert_allclose(average_with_flipped(a, mirrored, shift_heatmap=shift), (a + back) / 2, rtol=1e-6)
+    np.testing.assert_array_equal(flip_images(images), images[:, :, ::-1])

@@ -196,3 +196,81 @@ def test_select_training_instances_counts_each_case():
     bbox[0, 0] = np.nan
     _, _, counts = T.select_training_instances(bbox, k, area, crowd, 100, 100)
     assert counts["non_finite"] == 1 and counts["kept"] == 1
+
+
+# ---------------------------------------------------------------- the flip through the production TrainTransform
+# COCO's left/right pairs, written out here (COCO `categories[0]['keypoints']` order, 0-based).
+_COCO_PAIRS = {"left_eye": (1, 2), "left_ear": (3, 4), "left_shoulder": (5, 6), "left_elbow": (7, 8),
+               "left_wrist": (9, 10), "left_hip": (11, 12), "left_knee": (13, 14), "left_ankle": (15, 16)}
+_MIRROR = {0: 0}
+for _a, _b in _COCO_PAIRS.values():
+    _MIRROR[_a], _MIRROR[_b] = _b, _a
+
+
+def _gaussian_peak(hm):
+    """Sub-pixel (x, y) centre of a single Gaussian bump: log-parabola through the peak and its
+    4-neighbours (exact for a Gaussian)."""
+    y, x = np.unravel_index(np.argmax(hm), hm.shape)
+    log = np.log(np.maximum(hm.astype(np.float64), 1e-30))
+
+    def vertex(lm, l0, lp):
+        return 0.5 * (lm - lp) / (lm - 2 * l0 + lp)
+
+    return np.array([x + vertex(log[y, x - 1], log[y, x], log[y, x + 1]),
+                     y + vertex(log[y - 1, x], log[y, x], log[y + 1, x])])
+
+
+@pytest.mark.parametrize("codec", ["msra", "udp"])
+def test_train_transform_flip_mirrors_the_crop_and_swaps_the_joints(codec):
+    """TrainTransform with a forced flip (flip_prob 1, no scale/rotation/half body, padding 1) on a
+    random (asymmetric) image: the crop is the mirror image of the box, and every labelled joint's
+    heatmap sits in its mirror joint's channel (left <-> right) at the crop pixel that shows the
+    joint's own image pixel.
+
+    Geometry, by hand: a 48x48 input, box (bx, by, n, n) with n = 48 (standard warp: scale 48 ->
+    zoom 1) or 47 (UDP: zoom (48 - 1) / 47 = 1). With the flip the centre becomes W - 1 - c_x and
+    the crop samples the mirrored image `I(W - 1 - x)`, so crop pixel (x, y) shows image pixel
+    (bx + n - x, by + y), and a joint at image (px, py) lands at crop (bx + n - px, py - by).
+    """
+    from psa_jax.data.pose_pipeline import PoseAugmentConfig, TrainTransform
+    from psa_jax.data.pose_targets import PoseCodec
+
+    rng = np.random.default_rng(7)
+    height, width, bx, by = 90, 100, 30, 20
+    n = 48 if codec == "msra" else 47
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    # 17 joints at distinct pixels well inside the box (crop 8..40, away from the heatmap border)
+    cells = rng.choice(np.arange(9 * 9), 17, replace=False)
+    px = bx + n - (8 + 4 * (cells % 9))
+    py = by + 8 + 4 * (cells // 9)
+    joints = np.zeros((17, 3))
+    joints[:, 0], joints[:, 1], joints[:, 2] = px, py, 2
+    joints[3, 2] = 0  # left ear unlabelled
+    joints[16, 2] = 1  # right ankle labelled but occluded (still a target)
+    instance = {"image": image, "box": np.array([bx, by, n, n], float), "joints": joints}
+    augment = PoseAugmentConfig(half_body_prob=0.0, scale_factor=0.0, rotation_factor=0.0, rotation_prob=0.0,
+                                flip=True, flip_prob=1.0)
+    t = TrainTransform(PoseCodec(codec, (48, 48)), augment, padding=1.0, image_dtype="uint8")
+    out = t(instance, np.random.default_rng(0))
+
+    # the crop: the box's mirror image, pixel for pixel (uint8 RGB of the BGR image)
+    xs = bx + n - np.arange(48)
+    expected_crop = image[by:by + 48][:, xs][..., ::-1]
+    np.testing.assert_array_equal(out["image"], expected_crop)
+
+    # the joints: channel k holds joint _MIRROR[k]
+    labelled = joints[:, 2] > 0
+    expected_weight = np.array([labelled[_MIRROR[k]] for k in range(17)], np.float32)
+    np.testing.assert_array_equal(out["target_weight"], expected_weight)
+    assert out["target_weight"][4] == 0 and out["target_weight"][3] == 1  # the unlabelled left ear -> channel 4
+    stride = 4.0 if codec == "msra" else 47 / 11  # UDP: (48 - 1) / (12 - 1)
+    for k in range(17):
+        j = _MIRROR[k]
+        if not labelled[j]:
+            assert not out["target"][..., k].any(), k
+            continue
+        crop_xy = _gaussian_peak(out["target"][..., k]) * stride
+        np.testing.assert_allclose(crop_xy, [bx + n - px[j], py[j] - by], atol=1e-3, err_msg=f"channel {k}")
+        cx, cy = np.round(crop_xy).astype(int)
+        # the pixel under the joint's peak is the joint's own image pixel (through the mirror)
+        np.testing.assert_array_equal(out["image"][cy, cx], image[py[j], px[j], ::-1], err_msg=f"channel {k}")
