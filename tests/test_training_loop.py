@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -211,3 +212,119 @@ def test_converted_pytorch_checkpoint_restores_and_predicts_like_the_source(tmp_
     np.testing.assert_allclose(predict(x.permute(0, 2, 3, 1).numpy()), expected, atol=1e-4)
     # A checkpoint of another configuration is refused with the list of problems.
     assert convert_main([str(src), str(tmp_path / "bad"), f"--config={cfg}", "--set", "model.width=w18"]) == 2
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_nan_in_the_data_stops_at_that_step_on_the_loss(shared_data, tmp_path, monkeypatch):
+    """A finite lr and a NaN in the targets of the 2nd batch only: the loss (not the lr) of step 2 is
+    what is non-finite, and the loop must stop there, before the step-3 checkpoint."""
+    from psa_jax.tasks.pose import PoseTask
+
+    train_dataset = PoseTask.train_dataset
+
+    class PoisonedStream:
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __iter__(self):
+            for i, batch in enumerate(self.ds, start=1):
+                if i == 2:
+                    batch = dict(batch)
+                    target = np.array(batch["target"], copy=True)
+                    target[0, 0, 0, 0] = np.nan
+                    batch["target"] = target
+                yield batch
+
+    def poisoned(self):
+        ds, n = train_dataset(self)
+        return PoisonedStream(ds), n
+
+    monkeypatch.setattr(PoseTask, "train_dataset", poisoned)
+    workdir = str(tmp_path / "nan_data")
+    with pytest.raises(train_script.NonFiniteLossError, match=r"non-finite training metrics at step 2\b") as err:
+        train_script.train(tiny_config(shared_data), workdir)
+    message = str(err.value)
+    assert re.search(r"'loss': [^,]*\bnan\b", message), message
+    assert not re.search(r"'lr': [^,]*\bnan\b", message), message
+    # Step 1 was logged with a finite loss; nothing of step 2 was logged and no checkpoint was written.
+    train_records = [r for r in _records(workdir) if r["kind"] == "train"]
+    assert [r["step"] for r in train_records] == [1]
+    assert np.isfinite(train_records[0]["loss"]) and train_records[0]["lr"] == pytest.approx(2e-3)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep_best=0)
+    assert ckpt.all_steps() == []
+    ckpt.close()
+
+
+# Warm-up over 5 steps, then x0.1 at epoch 1. The synthetic set has 53 person instances, so with
+# batch 8 an epoch is 6 steps: optimizer steps 0-4 warm up, 5 runs at the base rate, 6-7 are decayed.
+# The interrupted run stops after loop step 4 (inside the warm-up) and the resumed one crosses both
+# the end of the warm-up and the decay.
+SCHEDULE = {"num_steps": 8, "eval.every_steps": 4, "schedule.name": "multistep", "schedule.milestones": (1,),
+            "schedule.gamma": 0.1, "schedule.warmup_steps": 5, "schedule.warmup_ratio": 0.1}
+
+
+@pytest.fixture(scope="module")
+def schedule_run(shared_data, tmp_path_factory):
+    """An uninterrupted 8-step run with warm-up and a step decay (its workdir)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(HRNET_SPECS, "w8_tiny", TINY)
+        workdir = str(tmp_path_factory.mktemp("schedule_full"))
+        train_script.train(tiny_config(shared_data, **SCHEDULE), workdir)
+    return workdir
+
+
+def test_resume_across_warmup_and_step_decay_matches_an_uninterrupted_run(shared_data, schedule_run, tmp_path):
+    full = schedule_run
+    base = tiny_config(shared_data).optimizer.lr
+    full_train = {r["step"]: r for r in _records(full) if r["kind"] == "train"}
+    # The uninterrupted run does cross the warm-up and the decay (loop step s uses optimizer step s - 1).
+    expected_lr = [base * (0.1 + 0.9 * c / 5) for c in range(5)] + [base, base * 0.1, base * 0.1]
+    np.testing.assert_allclose([full_train[s]["lr"] for s in range(1, 9)], expected_lr, rtol=1e-6)
+
+    part = str(tmp_path / "part")
+    train_script.train(tiny_config(shared_data, **{**SCHEDULE, "num_steps": 4}), part)
+    ckpt = Checkpointer(os.path.join(part, "checkpoints"), keep_best=0)
+    assert ckpt.latest_step() == 4
+    ckpt.close()
+    train_script.train(tiny_config(shared_data, **SCHEDULE), part)
+
+    part_records = _records(part)
+    resumed = [r for r in part_records if r["kind"] == "train" and r["step"] > 4]
+    assert [r["step"] for r in resumed] == [5, 6, 7, 8]
+    for r in resumed:
+        assert r["lr"] == pytest.approx(full_train[r["step"]]["lr"], rel=1e-6), (r, full_train[r["step"]])
+        assert r["loss"] == pytest.approx(full_train[r["step"]]["loss"], rel=1e-5), (r, full_train[r["step"]])
+    full_eval = [r for r in _records(full) if r["kind"] == "eval" and r["step"] == 8][0]
+    part_eval = [r for r in part_records if r["kind"] == "eval" and r["step"] == 8][0]
+    assert part_eval["AP"] == pytest.approx(full_eval["AP"], abs=1e-6)
+
+    a = _restore_model(tiny_config(shared_data), full, 8)["model"]
+    b = _restore_model(tiny_config(shared_data), part, 8)["model"]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+def test_init_from_an_orbax_checkpoint_of_a_training_run(shared_data, schedule_run):
+    from psa_jax.tasks.registry import get_task
+    from psa_jax.training.init_weights import initialise_weights
+
+    config = tiny_config(shared_data, **{"init.checkpoint": os.path.join(schedule_run, "checkpoints")})
+    task = get_task(config, schedule_run)
+    model = task.build_model(nnx.Rngs(config.seed))
+    fresh = jax.tree.map(np.asarray, nnx.state(model))
+    initialise_weights(model, config.init)
+    saved = _restore_model(config, schedule_run, "latest")
+    assert saved["step"] == 8
+    got = nnx.state(model)
+    assert jax.tree.structure(got) == jax.tree.structure(saved["model"])
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(got)]
+    changed = 0
+    for path, x, y, f in zip(paths, jax.tree.leaves(got), jax.tree.leaves(saved["model"]), jax.tree.leaves(fresh)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=path)
+        changed += not np.array_equal(np.asarray(x), f)
+    # Training moved (almost) every array away from its initial value; the init must carry that over.
+    assert changed > 0.9 * len(paths), (changed, len(paths))
