@@ -14,9 +14,11 @@ antialias=False)` = PyTorch `F.interpolate(mode='bilinear', align_corners=False)
                         ceil((size - window) / stride) + 1 windows, the last aligned to the border).
   multiscale_inference  average over scales (and horizontal flips) of softmax probabilities of the
                         logits resized to `out_size`; a scaled image larger than `window` is
-                        processed by sliding windows (HRNet-Seg `lib/datasets/cityscapes.py::
-                        multi_scale_inference`: scales 0.5..1.75, flip, 1024x2048 windows with
-                        stride = window; mmseg averages softmax scores the same way).
+                        processed by sliding windows (scales, windows and stride as HRNet-Seg
+                        `lib/datasets/cityscapes.py::multi_scale_inference`: 0.5..1.75, flip,
+                        1024x2048 windows with stride = window). Averaging probabilities over
+                        flips is mmseg's `aug_test`; HRNet-Seg's `base_dataset.inference` averages
+                        a flip pair's logits and exponentiates instead.
   mscale_inference      NVIDIA hierarchical multi-scale attention
                         (`network/ocrnet.py::MscaleOCR.nscale_forward`, scales 0.5/1.0/2.0, no flip):
                         the network's own method (`psa_jax.models.mscale.MscaleOCR.nscale(images,
