@@ -136,3 +136,16 @@ def test_batchnorm_bfloat16_statistics_in_float32(program):
     for name in ("y", "d_scale", "d_bias"):
         np.testing.assert_allclose(low[name], want[name], rtol=0, atol=0.02 * float(np.abs(want[name]).max()),
                                    err_msg=name)
+
+
+def test_default_momentum_is_pytorchs_default():
+    """A BatchNorm built without `momentum` updates its running statistics as a default
+    `torch.nn.BatchNorm2d` (momentum 0.1) does after one training forward on the same input."""
+    x = _inputs(2.0, 1.5, seed=3)[0]
+    bn = BatchNorm(C)
+    bn(jnp.asarray(x))
+    ref = torch.nn.BatchNorm2d(C).train()
+    with torch.no_grad():
+        ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_allclose(np.asarray(bn.mean[...]), ref.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(bn.var[...]), ref.running_var.numpy(), rtol=1e-5, atol=1e-6)

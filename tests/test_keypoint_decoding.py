@@ -120,6 +120,38 @@ def test_decoders_match_reference_loops(name):
     np.testing.assert_allclose(coords, ref[0], atol=tol)
 
 
+def _border_peak_heatmaps(h=16, w=12, sigma=1.5):
+    """One bump per map with its argmax on every row / column near the borders (0, 1, 2, n-3, n-2, n-1)
+    crossed with an interior column / row; the centre sits +0.3 px off the grid so the fit has work to do."""
+    rows, cols = [0, 1, 2, h - 3, h - 2, h - 1], [0, 1, 2, w - 3, w - 2, w - 1]
+    peaks = [(5, r) for r in rows] + [(c, 7) for c in cols] + [(c, r) for r in (1, h - 2) for c in (1, w - 2)]
+    ys, xs = np.mgrid[0:h, 0:w]
+    hm = np.stack([np.exp(-((xs - x - 0.3) ** 2 + (ys - y - 0.3) ** 2) / (2 * sigma ** 2)) for x, y in peaks])
+    return hm[None].astype(np.float32), np.array(peaks, np.float64)
+
+
+@pytest.mark.parametrize("name", ["msra", "dark", "udp"])
+def test_border_peaks_match_reference_loops(name):
+    hm, peaks = _border_peak_heatmaps()
+    ref = {"msra": _ref_msra, "dark": _ref_dark, "udp": _ref_udp}[name](hm)
+    coords, scores = D.decode_heatmaps(np.moveaxis(hm, 1, -1), name)
+    np.testing.assert_array_equal(_ref_max_preds(hm)[0][0], peaks)  # each argmax sits where intended
+    np.testing.assert_allclose(scores, ref[1], rtol=0, atol=0)
+    tol = {"msra": 0.0, "dark": 5e-6, "udp": 1e-5}[name]
+    np.testing.assert_allclose(coords, ref[0], atol=tol)
+
+
+def test_dark_leaves_peaks_within_two_pixels_of_the_border_unrefined():
+    """DarkPose refines only 1 < px < w - 2 and 1 < py < h - 2: argmax rows/cols 0, 1, n-2, n-1 stay integer."""
+    hm, peaks = _border_peak_heatmaps()
+    h, w = hm.shape[2:]
+    coords, _ = D.decode_dark(np.moveaxis(hm, 1, -1))
+    refined = (peaks[:, 0] > 1) & (peaks[:, 0] < w - 2) & (peaks[:, 1] > 1) & (peaks[:, 1] < h - 2)
+    assert refined.sum() == 4 and (~refined).sum() == len(peaks) - 4  # rows 2, h-3 and columns 2, w-3
+    np.testing.assert_array_equal(coords[0, ~refined], peaks[~refined])
+    assert np.all(np.abs(coords[0, refined] - peaks[refined]).max(-1) > 0.05)
+
+
 def test_argmax_edge_cases():
     hm = np.zeros((1, 8, 8, 3), np.float32)
     hm[0, 5, 3, 1] = 2.0  # a single peak; neighbours equal -> no quarter offset

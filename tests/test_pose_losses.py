@@ -54,3 +54,18 @@ def test_half_factor_mask_and_dtype():
     assert float(joints_mse_loss(pred, target, w, mask=jnp.array([False, False]))) == 0.0
     with pytest.raises(ValueError):
         joints_mse_loss(pred, jnp.zeros((2, 4, 4, 3)), None)
+
+
+def test_mask_mean_over_several_masked_in_examples():
+    """Normalisation: per example, mean over (h, w, K) of ((pred - gt) * w_k)^2 (all K joints, zero-weight
+    ones included, in the denominator); then the mean over the masked-in examples; times 0.5."""
+    pred = jnp.stack([jnp.full((2, 2, 2), 1.0), jnp.full((2, 2, 2), 2.0), jnp.full((2, 2, 2), 3.0)])
+    target = jnp.zeros((3, 2, 2, 2))
+    w = jnp.array([[1.0, 0.0], [1.0, 0.5], [1.0, 1.0]])
+    # example 0: (1 + 0) / 2 = 0.5; example 1: (4 * 1 + 4 * 0.25) / 2 = 2.5; example 2: 9
+    assert float(joints_mse_loss(pred, target, w, mask=jnp.array([True, True, False]))) == pytest.approx(
+        0.5 * (0.5 + 2.5) / 2)
+    assert float(joints_mse_loss(pred, target, w, mask=jnp.array([1.0, 1.0, 1.0]))) == pytest.approx(
+        0.5 * (0.5 + 2.5 + 9.0) / 3)
+    # no mask: the same as all examples masked in
+    assert float(joints_mse_loss(pred, target, w)) == pytest.approx(0.5 * 12.0 / 3)

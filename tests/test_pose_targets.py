@@ -98,6 +98,36 @@ def test_peak_positions_per_codec():
     assert hm[33, 25 + 7, 0] == pytest.approx(np.exp(-(6.75 ** 2 + 0.5 ** 2) / 8), rel=1e-5)  # centre (25.25, 32.5)
 
 
+def test_default_codec_is_hrnet_256x192():
+    c = PoseCodec("msra")
+    assert c.input_size == (256, 192) and c.heatmap_size == (64, 48) and c.sigma == 2.0
+    assert c.input_wh == (192, 256) and c.heatmap_wh == (48, 64)
+    assert c == PoseCodec("msra", (256, 192), sigma=2.0, stride=4)
+
+
+@pytest.mark.parametrize("name", ["msra", "dark", "udp"])
+def test_warp_default_rotation_is_zero(name):
+    c = PoseCodec(name)
+    center, scale = (100.0, 50.0), (96.0, 128.0)
+    np.testing.assert_array_equal(c.warp(center, scale), c.warp(center, scale, 0.0))
+    np.testing.assert_array_equal(c.warp(center, scale, to_heatmap=True),
+                                  c.warp(center, scale, 0.0, to_heatmap=True))
+    assert not np.allclose(c.warp(center, scale), c.warp(center, scale, 1.0))
+
+
+def test_warp_default_matches_hand_written_affine():
+    center = (100.0, 50.0)
+    # msra/dark: dst = (out_w / scale_w) (src - c) + (out_w / 2, out_h / 2)
+    # input 192x256, box 96 wide: zoom 2 -> x' = 2 (x - 100) + 96, y' = 2 (y - 50) + 128
+    np.testing.assert_allclose(PoseCodec("msra").warp(center, (96.0, 128.0)), [[2, 0, -104], [0, 2, 28]], atol=1e-12)
+    # heatmap 48x64: zoom 0.5 -> x' = 0.5 (x - 100) + 24, y' = 0.5 (y - 50) + 32
+    np.testing.assert_allclose(PoseCodec("dark").warp(center, (96.0, 128.0), to_heatmap=True),
+                               [[0.5, 0, -26], [0, 0.5, 7]], atol=1e-12)
+    # udp: dst = ((out - 1) / scale) (src - c) + (out - 1) / 2; a 191x255 box -> zoom 1
+    np.testing.assert_allclose(PoseCodec("udp").warp(center, (191.0, 255.0)), [[1, 0, -4.5], [0, 1, 77.5]],
+                               atol=1e-12)
+
+
 def test_codec_object_and_sizes():
     c = PoseCodec("udp", (384, 288))
     assert c.sigma == 3.0 and c.heatmap_size == (96, 72) and c.input_wh == (288, 384) and c.heatmap_wh == (72, 96)

@@ -257,3 +257,32 @@ def test_from_torch_reports_every_problem_at_once():
     # PSA_s weights do not load into PSA_p.
     with pytest.raises(ConversionError, match="conv_up"):
         from_torch(module, randomize_(make_psa("psa_s", 16), seed=0).state_dict())
+
+
+@pytest.mark.parametrize("channels", [0, 7, 64.0])
+def test_channels_must_be_an_even_integer_of_at_least_two(channels):
+    # Each condition alone rejects: 0 is even but < 2, 7 is odd, 64.0 is even and large but a float.
+    with pytest.raises(ValueError, match="even integer >= 2"):
+        PSA_p(channels, rngs=nnx.Rngs(0))
+
+
+def test_spatial_branch_computes_in_the_module_dtype_else_the_input_dtype():
+    """SpatialOnlyAttention.weights casts x (and W_v) to `dtype or x.dtype` before the (B, H, W, C)
+    products; its output is fp32 either way, so the compute dtype shows in the values only."""
+    c = 16
+    x = 3 * jax.random.normal(jax.random.key(1), (2, 5, 7, c))                           # fp32
+    xb = x.astype(jnp.bfloat16)
+    m16 = PSA_s(c, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    m_none = PSA_s(c, rngs=nnx.Rngs(0))
+    m32 = PSA_s(c, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    scale = jax.random.uniform(jax.random.key(2), (2, c), minval=0.2, maxval=1.0)       # PSA_s's A_ch path
+    for cs in (None, scale):
+        w16 = np.asarray(m16.spatial_only.weights(x, cs))
+        w32 = np.asarray(m32.spatial_only.weights(x, cs))
+        # dtype=bf16 on fp32 input == dtype=None on the bf16 input: the same bf16 computation.
+        np.testing.assert_array_equal(w16, np.asarray(m_none.spatial_only.weights(xb, cs)))
+        # dtype=None on fp32 input is the fp32 computation.
+        np.testing.assert_array_equal(np.asarray(m_none.spatial_only.weights(x, cs)), w32)
+        # ... and bf16 differs from fp32 by bf16 rounding (4e-4..8e-4 here), far above fp32's (~6e-8).
+        assert 1e-5 < np.max(np.abs(w16 - w32)) < 1e-2
+    np.testing.assert_array_equal(np.asarray(m16(x), np.float32), np.asarray(m_none(xb), np.float32))

@@ -284,3 +284,62 @@ def test_evaluator_rejects_unknown_mode():
     with pytest.raises(ValueError, match="mode"):
         evaluate_segmentation(pixel_model, [], mode="tta")
     assert normalize_image(np.zeros((1, 1, 3), np.uint8)).dtype == np.float32
+
+
+def test_window_starts_rejects_a_zero_stride():
+    with pytest.raises(ValueError, match="stride"):
+        I.window_starts(10, 4, 0)
+
+
+def _coordinate_images(h, w):
+    """(1, h, w, 3) with channel 0 = row index, channel 1 = column index: a window's first pixel
+    tells its offset."""
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return jnp.asarray(np.stack([yy, xx, np.zeros_like(yy)], -1)[None], jnp.float32)
+
+
+class _Recorder:
+    """predict_fn recording each call's input shape and top-left coordinates; logits = the input."""
+
+    def __init__(self):
+        self.shapes, self.offsets = [], []
+
+    def __call__(self, images):
+        self.shapes.append(tuple(images.shape[1:3]))
+        self.offsets.append((int(images[0, 0, 0, 0]), int(images[0, 0, 0, 1])))
+        return images
+
+
+def test_slide_default_stride_is_two_thirds_of_the_window_rounded_up():
+    # stride=None: (ceil(2 * 7 / 3), ceil(2 * 10 / 3)) = (5, 7) (mmseg Cityscapes slide configs,
+    # e.g. 769 -> 513). Rows of 12 with window 7: starts 0, 5 (= 12 - 7). Columns of 24 with
+    # window 10: 0, 7, 14 (= 24 - 10). (Floor would give 0, 4, 5 x 0, 6, 12, 14; /4 on the
+    # columns 0, 5, 10, 14.)
+    rec = _Recorder()
+    I.slide_inference(rec, _coordinate_images(12, 24), window=(7, 10))
+    assert rec.offsets == [(0, 0), (0, 7), (0, 14), (5, 0), (5, 7), (5, 14)]
+    assert set(rec.shapes) == {(7, 10)}
+
+
+def test_multiscale_default_scales_are_hrnets():
+    # Scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75 of an 8 x 16 image, each with its flip.
+    rec = _Recorder()
+    I.multiscale_inference(rec, _coordinate_images(8, 16))
+    sizes = [(4, 8), (6, 12), (8, 16), (10, 20), (12, 24), (14, 28)]
+    assert rec.shapes == [s for s in sizes for _ in range(2)]
+
+
+@pytest.mark.parametrize("image,window,expected", [
+    ((8, 20), (30, 10), [((8, 10), (0, 0)), ((8, 10), (0, 10))]),      # only the width exceeds
+    ((20, 8), (10, 30), [((10, 8), (0, 0)), ((10, 8), (10, 0))]),      # only the height exceeds
+])
+def test_multiscale_slides_when_either_side_exceeds_the_window(image, window, expected):
+    rec = _Recorder()
+    I.multiscale_inference(rec, _coordinate_images(*image), scales=(1.0,), flip=False, window=window)
+    assert list(zip(rec.shapes, rec.offsets)) == expected
+
+
+def test_mscale_default_out_size_is_the_input_size():
+    images = jnp.zeros((2, 6, 10, 3))
+    out = I.mscale_inference(lambda x, scales: jnp.ones((2, 3, 5, 4)), images)
+    assert out.shape == (2, 6, 10, 4)

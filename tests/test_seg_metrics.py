@@ -159,3 +159,105 @@ def test_colorize_overlay_and_png(tmp_path):
     assert panel.shape[1] == 6 and panel.shape[0] > 4  # 2x2 panel + legend below
     np.testing.assert_array_equal(panel[2 + 1, 3 + 1], [255, 255, 255])  # error map: wrong pixel
     np.testing.assert_array_equal(panel[2 + 0, 3 + 0], [60, 60, 60])     # right pixel
+
+
+def test_out_of_range_and_ignored_labels_are_skipped_by_numpy_and_jax():
+    # C = 3. Labels -1, C (= 3), 254 and the ignore index 255 are skipped whatever is predicted
+    # there; their predictions are chosen so that, were the pixel counted, label * C + pred would
+    # land inside the 3x3 matrix (-1 * 3 + 1 -> wraps to [2, 1]; 3 * 3 - 1 -> [2, 2];
+    # 254 * 3 - 762 -> [0, 0]) or, in NumPy, trip the bincount / prediction range checks.
+    label = np.array([[0, 1, 2, 1, -1, 3],
+                      [254, 255, 0, 2, -1, 3]])
+    pred = np.array([[0, 2, 2, 1, 1, -1],
+                     [-762, 0, 1, 2, 2, 0]])
+    expected = np.array([[1, 1, 0],   # gt 0: pred 0, pred 1
+                         [0, 1, 1],   # gt 1: pred 1, pred 2
+                         [0, 0, 2]])  # gt 2: pred 2 twice
+    np.testing.assert_array_equal(M.confusion_matrix(pred, label, 3), expected)
+    got = M.confusion_matrix_jax(jnp.asarray(pred), jnp.asarray(label), 3)
+    np.testing.assert_array_equal(np.asarray(got), expected)
+    # Label C alone with an in-range prediction, and 254 with an in-range one (NumPy).
+    lab2, pred2 = np.array([3, 254, 1]), np.array([0, 2, 0])
+    exp2 = np.zeros((3, 3), int)
+    exp2[1, 0] = 1
+    np.testing.assert_array_equal(M.confusion_matrix(pred2, lab2, 3), exp2)
+    np.testing.assert_array_equal(np.asarray(M.confusion_matrix_jax(jnp.asarray(pred2), jnp.asarray(lab2), 3)), exp2)
+
+
+@pytest.mark.parametrize("bad_pred", [-1, 3])
+def test_prediction_outside_the_classes_raises(bad_pred):
+    # Label 1 (counted): with pred -1 the flat index 1 * 3 - 1 = 2 would still be a valid bin.
+    label = np.array([0, 1, 2])
+    pred = np.array([0, bad_pred, 2])
+    with pytest.raises(ValueError, match=r"predictions must lie in \[0, 3\)"):
+        M.confusion_matrix(pred, label, 3)
+    # The same prediction on a skipped pixel is fine.
+    label_ignored = np.array([0, 255, 2])
+    np.testing.assert_array_equal(M.confusion_matrix(pred, label_ignored, 3), np.diag([1, 0, 1]))
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 3), (3, 3, 3), (4,)])
+def test_non_square_confusion_matrix_raises(shape):
+    with pytest.raises(ValueError, match="square"):
+        M.segmentation_metrics(np.ones(shape, np.int64))
+
+
+def test_normalised_confusion_matrix_gives_the_same_metrics():
+    # 16 pixels: dividing by 16 is exact, so the normalised matrix sums to exactly 1.0.
+    conf = np.array([[5, 1, 0],
+                     [2, 3, 1],
+                     [0, 2, 2]])
+    frac = conf / conf.sum()
+    assert frac.sum() == 1.0 and frac.sum(axis=1).max() < 1.0
+    for m in (M.segmentation_metrics(conf), M.segmentation_metrics(frac)):
+        # IoU: 5 / (6 + 7 - 5), 3 / (6 + 6 - 3), 2 / (4 + 3 - 2)
+        np.testing.assert_allclose(m.iou, [5 / 8, 3 / 9, 2 / 5])
+        assert m.miou == pytest.approx((5 / 8 + 3 / 9 + 2 / 5) / 3)
+        assert m.pixel_accuracy == pytest.approx(10 / 16)
+        assert m.mean_accuracy == pytest.approx((5 / 6 + 3 / 6 + 2 / 4) / 3)
+    assert M.segmentation_metrics(conf).num_pixels == 16
+
+
+_GOLDEN_ROWS = [
+    # class           IoU %   GT px %
+    ("road            ", "   75.00", "    50.000"),   # 3 / (4 + 3 - 3); 4 of 8 GT pixels
+    ("sidewalk        ", "   40.00", "    37.500"),   # 2 / (3 + 4 - 2); 3 of 8
+    ("building        ", "    0.00", "    12.500"),   # 0 / (1 + 1 - 0); 1 of 8
+    ("wall            ", "     n/a", "     0.000"),   # neither present nor predicted
+]
+_GOLDEN_FOOTER = [
+    "mIoU               38.33",   # (75 + 40 + 0) / 3
+    "pixel acc.         62.50",   # 5 / 8
+    "mean class acc.    47.22",   # (3/4 + 2/3 + 0) / 3
+]
+
+
+def test_iou_table_golden_text_with_and_without_conf():
+    conf = np.array([[3, 1, 0, 0],
+                     [0, 2, 1, 0],
+                     [0, 1, 0, 0],
+                     [0, 0, 0, 0]])
+    names = ["road", "sidewalk", "building", "wall"]
+    metrics = M.segmentation_metrics(conf)
+    with_conf = "\n".join(["class              IoU %   GT px %"]
+                          + [n + i + s for n, i, s in _GOLDEN_ROWS] + _GOLDEN_FOOTER)
+    without_conf = "\n".join(["class              IoU %"]
+                             + [n + i for n, i, _ in _GOLDEN_ROWS] + _GOLDEN_FOOTER)
+    assert M.format_iou_table(metrics, names, conf) == with_conf
+    assert M.format_iou_table(metrics, names) == without_conf
+    # A normalised matrix (sums to exactly 1.0) gives the same shares.
+    assert M.format_iou_table(metrics, names, conf / 8) == with_conf
+
+
+def test_cross_process_sum_with_one_process_does_not_gather(monkeypatch):
+    import jax
+    from jax.experimental import multihost_utils
+
+    def no_gather(*args, **kwargs):
+        raise AssertionError("process_allgather called with a single process")
+
+    monkeypatch.setattr(multihost_utils, "process_allgather", no_gather)
+    assert jax.process_count() == 1
+    x = np.array([[1, 2], [3, 4]], np.int32)
+    got = M.cross_process_sum(x)
+    assert got.dtype == np.int32 and got.tolist() == [[1, 2], [3, 4]]
