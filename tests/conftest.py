@@ -33,3 +33,16 @@ def coco_sample_dir() -> pathlib.Path:
     if not COCO_SAMPLE.is_dir():
         pytest.fail(f"COCO sample not found at {COCO_SAMPLE}; it is part of the repository (tests/data/)")
     return COCO_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_hrnet():
+    """Registers 'w8_tiny' (one block per branch, widths 8-64) for the session and returns its
+    spec: the production networks and loop with a train step that compiles in seconds."""
+    from psa_jax.models.hrnet import HRNET_SPECS, HRNetSpec, StageSpec
+
+    spec = HRNetSpec("w8_tiny", 1, 16, (StageSpec(1, (1, 1), (8, 16)), StageSpec(1, (1, 1, 1), (8, 16, 32)),
+                                        StageSpec(1, (1, 1, 1, 1), (8, 16, 32, 64))))
+    HRNET_SPECS["w8_tiny"] = spec
+    yield spec
+    HRNET_SPECS.pop("w8_tiny", None)

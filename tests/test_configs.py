@@ -2,9 +2,7 @@
 import pathlib
 
 import pytest
-from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
 from psa_jax.data.pose_targets import CODECS
 from psa_jax.data.seg_pipeline import AUGMENT_PRESETS
@@ -14,17 +12,14 @@ from psa_jax.models.hrnet import hrnet_spec
 from psa_jax.models.options import model_options
 from psa_jax.tasks.common import compute_dtype
 from psa_jax.tasks.registry import get_task
+from psa_jax.training.config_schema import load_config
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 
 
 def _load(path, *overrides):
     """What `--config=PATH --config.KEY=VALUE ...` gives train.py and eval.py."""
-    argv = ["train.py", f"--config={path}"] + [f"--config.{o}" for o in overrides]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", str(path), "config", flag_values=fv, lock_config=True, sys_argv=argv)
-    fv(argv)
-    return fv.config
+    return load_config(path, overrides)
 
 
 def test_there_is_a_config_per_published_setting():

@@ -5,7 +5,6 @@ the layouts the config names: 'imagenet' (an ImageNet HRNet classifier into the 
 'network' (a whole pose HRNet with PSA). Every loaded value is compared with the source tensor
 (conv kernels OIHW -> HWIO), and what the file does not hold keeps the task's fresh initialisation.
 """
-import importlib.util
 import pathlib
 
 import jax
@@ -19,16 +18,14 @@ from psa_jax.tasks.registry import get_task
 from psa_jax.torch_reference import randomize_
 from psa_jax.torch_reference.hrnet_cls import HEAD_PREFIXES, HRNetCls
 from psa_jax.torch_reference.hrnet_pose import PoseHighResolutionNet
+from psa_jax.training.config_schema import load_config
 from psa_jax.training.init_weights import initialise_weights
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _pose_config(**init):
-    spec = importlib.util.spec_from_file_location("demo_cfg", REPO / "configs" / "pose_synthetic_demo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config(REPO / "configs" / "pose_synthetic_demo.py")
     c.model.width = "w18"
     c.model.attention = "psa_p"
     for k, v in init.items():

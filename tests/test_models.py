@@ -13,19 +13,13 @@ from psa_jax.layers.xla_cpu import XLA_CPU, ProgramOptions
 from psa_jax.models import (HRNetBackbone, MscaleOCR, OCRNet, PoseHRNet, PoseResNet, SegHRNetV2, mscale_ocr,
                             pose_hrnet, pose_resnet, seg_hrnet, summary)
 from psa_jax.models.blocks import BasicBlock, Bottleneck, ModelOptions
-from psa_jax.models.hrnet import HRNET_SPECS, HighResolutionModule, HRNetSpec, StageSpec
+from psa_jax.models.hrnet import HighResolutionModule
 from psa_jax.models.options import model_options
 
-TINY = HRNetSpec("w8_tiny", 1, 16, (StageSpec(1, (1, 1), (8, 16)), StageSpec(1, (1, 1, 1), (8, 16, 32)),
-                                    StageSpec(1, (1, 1, 1, 1), (8, 16, 32, 64))))
+pytestmark = pytest.mark.usefixtures("tiny_hrnet")  # tests/conftest.py: the 'w8_tiny' HRNet
 
 
 LOSS_DROP = 0.8  # the pose network: its loss after 6 adam steps on one batch is below this x the first
-
-
-@pytest.fixture(autouse=True)
-def tiny_hrnet(monkeypatch):
-    monkeypatch.setitem(HRNET_SPECS, "w8_tiny", TINY)
 
 
 @pytest.mark.parametrize("width,hw,params,gflops", [
@@ -305,7 +299,7 @@ def _program_flags(model: nnx.Module) -> set[tuple[str, bool]]:
     return flags
 
 
-def test_every_network_constructor_takes_the_program_and_defaults_to_plain():
+def test_every_network_constructor_takes_the_program_and_defaults_to_plain(tiny_hrnet):
     plain = {("phase_vjp", False), ("fused_bn", False), ("materialize", False)}
     cpu = {("phase_vjp", True), ("fused_bn", True), ("materialize", True)}
     builders = {
@@ -315,14 +309,15 @@ def test_every_network_constructor_takes_the_program_and_defaults_to_plain():
         "mscale_ocr": lambda **kw: mscale_ocr("w8_tiny", **kw),
         "pose_resnet": lambda **kw: pose_resnet(26, **kw),
         # The classes take the program inside their `ModelOptions`.
-        "PoseHRNet": lambda **kw: PoseHRNet(TINY, num_keypoints=3, opts=ModelOptions(**kw), rngs=nnx.Rngs(0)),
-        "SegHRNetV2": lambda **kw: SegHRNetV2(TINY, num_classes=3, align_corners=False, opts=ModelOptions(**kw),
-                                              rngs=nnx.Rngs(0)),
-        "OCRNet": lambda **kw: OCRNet(TINY, num_classes=3, align_corners=False, opts=ModelOptions(**kw),
+        "PoseHRNet": lambda **kw: PoseHRNet(tiny_hrnet, num_keypoints=3, opts=ModelOptions(**kw),
+                                            rngs=nnx.Rngs(0)),
+        "SegHRNetV2": lambda **kw: SegHRNetV2(tiny_hrnet, num_classes=3, align_corners=False,
+                                              opts=ModelOptions(**kw), rngs=nnx.Rngs(0)),
+        "OCRNet": lambda **kw: OCRNet(tiny_hrnet, num_classes=3, align_corners=False, opts=ModelOptions(**kw),
                                       rngs=nnx.Rngs(0)),
-        "MscaleOCR": lambda **kw: MscaleOCR(TINY, num_classes=3, opts=ModelOptions(**kw), rngs=nnx.Rngs(0)),
+        "MscaleOCR": lambda **kw: MscaleOCR(tiny_hrnet, num_classes=3, opts=ModelOptions(**kw), rngs=nnx.Rngs(0)),
         "PoseResNet": lambda **kw: PoseResNet(26, num_keypoints=3, opts=ModelOptions(**kw), rngs=nnx.Rngs(0)),
-        "HRNetBackbone": lambda **kw: HRNetBackbone(TINY, multi_scale_output=True, upsample="bilinear",
+        "HRNetBackbone": lambda **kw: HRNetBackbone(tiny_hrnet, multi_scale_output=True, upsample="bilinear",
                                                     opts=ModelOptions(**kw), rngs=nnx.Rngs(0)),
     }
     for name, build in builders.items():
@@ -332,7 +327,7 @@ def test_every_network_constructor_takes_the_program_and_defaults_to_plain():
     only_bn = _program_flags(pose_hrnet("w8_tiny", program=ProgramOptions(fused_batchnorm=True)))
     assert only_bn == {("phase_vjp", False), ("fused_bn", True), ("materialize", False)}
     opts = model_options("none", "basic", None, jnp.float32, "xla_cpu")
-    assert _program_flags(PoseHRNet(TINY, num_keypoints=3, opts=opts, rngs=nnx.Rngs(0))) == cpu
+    assert _program_flags(PoseHRNet(tiny_hrnet, num_keypoints=3, opts=opts, rngs=nnx.Rngs(0))) == cpu
     with pytest.raises(ValueError, match="valid: 'plain', 'xla_cpu'"):
         pose_hrnet("w8_tiny", program="bogus")
 

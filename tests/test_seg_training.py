@@ -5,7 +5,6 @@ Everything else is the production path: fake Cityscapes zips -> tfds `cityscapes
 pipeline with HRNet-Seg augmentation -> SegTask.loss_fn (HRNet-Seg cross entropy) -> orbax
 checkpoints -> SegTask.forward / SegTask.evaluate (whole-image inference, confusion-matrix mIoU).
 """
-import importlib.util
 import json
 import math
 import os
@@ -13,30 +12,19 @@ import pathlib
 
 import pytest
 
-from psa_jax.models.hrnet import HRNET_SPECS, HRNetSpec, StageSpec
 from psa_jax.training import evaluate as eval_script
 from psa_jax.training import loop as train_script
 from psa_jax.training.checkpointing import Checkpointer
+from psa_jax.training.config_schema import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = HRNetSpec("w8_tiny", 1, 16, (StageSpec(1, (1, 1), (8, 16)), StageSpec(1, (1, 1, 1), (8, 16, 32)),
-                                    StageSpec(1, (1, 1, 1, 1), (8, 16, 32, 64))))
+pytestmark = pytest.mark.usefixtures("tiny_hrnet")  # tests/conftest.py: the 'w8_tiny' HRNet
 
 
-@pytest.fixture(autouse=True)
-def tiny_hrnet(monkeypatch):
-    monkeypatch.setitem(HRNET_SPECS, "w8_tiny", TINY)
-
-
-def _seg_demo_config():
-    spec = importlib.util.spec_from_file_location("seg_demo_cfg", REPO / "configs" / "seg_synthetic_demo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
 
 
 def tiny_seg_config(data_dir):
-    c = _seg_demo_config()
+    c = load_config(REPO / "configs" / "seg_synthetic_demo.py")
     c.model.width = "w8_tiny"
     c.data.data_dir = data_dir
     c.data.synthetic.num_train = 16

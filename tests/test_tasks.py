@@ -3,25 +3,19 @@ import importlib
 import pathlib
 
 import pytest
-from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
 from psa_jax.layers.conv import Conv2d
 from psa_jax.layers.norm import BatchNorm
 from psa_jax.tasks.common import model_program
 from psa_jax.tasks.registry import TASKS, get_task
+from psa_jax.training.config_schema import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load(name: str, *overrides: str):
-    path = str(REPO / "configs" / f"{name}.py")
-    argv = ["t", f"--config={path}", *(f"--config.{o}" for o in overrides)]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", path, flag_values=fv, lock_config=True, sys_argv=argv)
-    fv(argv)
-    return fv.config
+    return load_config(REPO / "configs" / f"{name}.py", overrides)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

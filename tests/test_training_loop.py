@@ -4,7 +4,6 @@ The network is a 1-block-per-branch HRNet ('w8_tiny', registered only for these 
 its train step compiles in seconds; everything else (builder, grain, loss, optimizer, orbax,
 pycocotools) is the production path.
 """
-import importlib.util
 import json
 import os
 import pathlib
@@ -18,25 +17,14 @@ from flax import nnx
 
 from psa_jax.training import evaluate as eval_script
 from psa_jax.training import loop as train_script
-from psa_jax.models.hrnet import HRNET_SPECS, HRNetSpec, StageSpec
 from psa_jax.training.checkpointing import Checkpointer, CheckpointError, abstract_like
+from psa_jax.training.config_schema import load_config
 from psa_jax.training.train_step import make_mesh, state_shardings
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = HRNetSpec("w8_tiny", 1, 16, (StageSpec(1, (1, 1), (8, 16)), StageSpec(1, (1, 1, 1), (8, 16, 32)),
-                                    StageSpec(1, (1, 1, 1, 1), (8, 16, 32, 64))))
+pytestmark = pytest.mark.usefixtures("tiny_hrnet")  # tests/conftest.py: the 'w8_tiny' HRNet
 
 
-@pytest.fixture(autouse=True)
-def tiny_hrnet(monkeypatch):
-    monkeypatch.setitem(HRNET_SPECS, "w8_tiny", TINY)
-
-
-def _demo_config():
-    spec = importlib.util.spec_from_file_location("demo_cfg", REPO / "configs" / "pose_synthetic_demo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +34,7 @@ def shared_data(tmp_path_factory):
 
 
 def tiny_config(data_dir, **overrides):
-    c = _demo_config()
+    c = load_config(REPO / "configs" / "pose_synthetic_demo.py")
     c.model.width = "w8_tiny"
     c.data.data_dir = data_dir
     c.data.synthetic.num_train = 24
@@ -182,11 +170,11 @@ def test_parameter_sharding_does_not_change_outputs():
 def test_converted_pytorch_checkpoint_restores_and_predicts_like_the_source(tmp_path):
     import torch
 
-    from psa_jax.tools.convert import main as convert_main
     from psa_jax.tasks.registry import get_task
-    from psa_jax.training.train_step import host_predict_fn, make_forward
+    from psa_jax.tools.convert import main as convert_main
     from psa_jax.torch_reference import randomize_
     from psa_jax.torch_reference.hrnet_pose import PoseHighResolutionNet
+    from psa_jax.training.train_step import host_predict_fn, make_forward
 
     ref = randomize_(PoseHighResolutionNet(width=18, attention="psa_p"), seed=7).eval()
     src = tmp_path / "pose_w18_psa_p.pth"
@@ -268,12 +256,10 @@ SCHEDULE = {"num_steps": 8, "eval.every_steps": 4, "schedule.name": "multistep",
 
 
 @pytest.fixture(scope="module")
-def schedule_run(shared_data, tmp_path_factory):
+def schedule_run(shared_data, tmp_path_factory, tiny_hrnet):
     """An uninterrupted 8-step run with warm-up and a step decay (its workdir)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(HRNET_SPECS, "w8_tiny", TINY)
-        workdir = str(tmp_path_factory.mktemp("schedule_full"))
-        train_script.train(tiny_config(shared_data, **SCHEDULE), workdir)
+    workdir = str(tmp_path_factory.mktemp("schedule_full"))
+    train_script.train(tiny_config(shared_data, **SCHEDULE), workdir)
     return workdir
 
 

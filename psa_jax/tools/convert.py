@@ -20,18 +20,6 @@ import sys
 __all__ = ["main"]
 
 
-def _load_config(path: str, overrides: list[str]):
-    """Loads a config file (with optional `:arg`) and applies `key=value` overrides."""
-    from ml_collections import config_flags
-    from absl import flags
-
-    argv = ["convert", f"--config={path}"] + [f"--config.{o}" for o in overrides]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", path, "config", flag_values=fv, lock_config=True, sys_argv=argv)
-    fv(argv)
-    return fv.config
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m psa_jax.tools.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from psa_jax.convert.from_torch import ConversionError
     from psa_jax.convert.pytorch_checkpoints import load_pytorch
-    from psa_jax.training.checkpointing import Checkpointer
     from psa_jax.tasks.registry import get_task
+    from psa_jax.training.checkpointing import Checkpointer
+    from psa_jax.training.config_schema import load_config
 
-    config = _load_config(args.config, args.set)
+    config = load_config(args.config, args.set)
     task = get_task(config, args.workdir)
     model = task.build_model(nnx.Rngs(config.seed))
     try:

@@ -16,9 +16,11 @@ first reference (HRNet-pose for pose, HRNet-Seg for segmentation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import ml_collections as mlc
 
-__all__ = ["common_config", "pose_config", "seg_config"]
+__all__ = ["common_config", "pose_config", "seg_config", "load_config"]
 
 
 def common_config() -> mlc.ConfigDict:
@@ -209,3 +211,18 @@ def seg_config() -> mlc.ConfigDict:
     c.eval.every_epochs = 50          # evaluate (and checkpoint) every this many epochs ...
     c.eval.every_steps = 0            # ... or, if > 0, every this many steps
     return c
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> mlc.ConfigDict:
+    """What `--config=PATH --config.KEY=VALUE ...` gives train.py and eval.py: the config file's
+    `get_config()` (PATH may end in `:arg`), locked, with each `KEY=VALUE` of `overrides` applied
+    (an unknown key or a value of the wrong type is an error naming it)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["psa_jax", f"--config={path}", *(f"--config.{o}" for o in overrides)]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", str(path), "config", flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    values(argv)
+    return values.config
