@@ -9,16 +9,19 @@ r"""Evaluates a checkpoint (trained here, or converted from PyTorch) with the co
 
 Only the model weights are restored (onto this machine's devices, whatever mesh wrote them).
 Prints the metrics and writes WORKDIR/eval_<step>.json. The work is `psa_jax.training.evaluate`.
+`--step=best` / `latest` falls back to the newest readable checkpoint when that one is damaged
+(with a warning naming it); `--step=N` restores step N or fails. A failed run's last line is its
+error (`error: <Type>: <message>`, exit status 1; PSA_JAX_TRACEBACK=1 shows the traceback).
 """
 
 from __future__ import annotations
 
 import os
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from psa_jax.runtime.entry_point import start_process
+from psa_jax.runtime.entry_point import run_main, start_process
+from psa_jax.training.preflight import define_config_flag
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "pose_synthetic_demo.py")
 
@@ -34,9 +37,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Configuration the checkpoint was trained with.",
-                                    lock_config=True)
+    define_config_flag("config", _DEFAULT_CONFIG, "Configuration the checkpoint was trained with.")
     flags.DEFINE_string("workdir", "workdirs/demo", "Directory holding checkpoints/ (train.py or "
                                                     "python -m psa_jax.tools.convert).")
     flags.DEFINE_string("step", "best", "'best', 'latest' or a step number.")
-    app.run(main)
+    run_main(main)

@@ -6,6 +6,12 @@ Every value comes from leoxiaobin/deep-high-resolution-net.pytorch ("HRNet-pose"
   lib/utils/utils.py::get_optimizer                      Adam gets no weight decay (WD is SGD's)
   lib/dataset/JointsDataset.py::__getitem__              rotation probability 0.6, flip probability 0.5
   lib/core/function.py::validate                         flip test (heatmaps shifted by 1 px)
+  tools/train.py                                         MultiStepLR stepped at the start of each epoch
+  README (Results on COCO val2017)                       the AP above, flip test, person detector of
+                                                         56.4 AP (COCO_val2017_detections_AP_H_56_person.json)
+Starts from the ImageNet classifier the yaml's MODEL.PRETRAINED names,
+models/pytorch/imagenet/hrnet_w32-36af842e.pth:
+put it in pretrained/ (README "Pretrained weights") or pass --config.init.pytorch=none.
 
     python train.py --config=configs/coco_w32_256x192.py --workdir=... --config.data.manual_dir=/data/coco
 """
@@ -32,9 +38,13 @@ def get_config():
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
     c.optimizer.grad_clip_norm = 0.0
-    # Schedule (yaml TRAIN): MultiStepLR, LR_STEP [170, 200], LR_FACTOR 0.1, no warm-up.
+    # Schedule (yaml TRAIN): MultiStepLR, LR_STEP [170, 200], LR_FACTOR 0.1, no warm-up. tools/train.py
+    # builds it with last_epoch=-1 (its constructor steps once, to 0) and calls lr_scheduler.step()
+    # at the start of every epoch, so the epoch with 0-based index e trains at last_epoch = e + 1 and
+    # the x0.1 takes effect from index 169 and 199 (the 170th and 200th epochs). Our 'multistep'
+    # multiplies from the start of epoch index m, hence (169, 199) (tests/test_optimizers.py).
     c.schedule.name = "multistep"
-    c.schedule.milestones = (170, 200)
+    c.schedule.milestones = (169, 199)
     c.schedule.gamma = 0.1
     c.schedule.warmup_steps = 0
     # Length and batch (yaml TRAIN): END_EPOCH 210; BATCH_SIZE_PER_GPU 32 x GPUS (0,1,2,3).
@@ -55,4 +65,7 @@ def get_config():
     c.eval.final_boxes = "det"
     c.eval.det_score_threshold = 0.0
     c.eval.flip_test = True
+    # Initialisation (yaml MODEL.PRETRAINED, PRETRAINED_LAYERS = the backbone): ImageNet HRNet-C.
+    c.init.pytorch = "pretrained/hrnet_w32-36af842e.pth"
+    c.init.pytorch_layout = "imagenet"
     return c

@@ -33,4 +33,6 @@ def get_config():
     c.eval.every_steps = 180
     c.eval.batch_size = 32
     c.checkpoint.keep_latest = 1
+    # Random initialisation on purpose: the demo needs no download (README "Pretrained weights").
+    c.init.pytorch = "none"
     return c

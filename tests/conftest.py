@@ -37,12 +37,10 @@ def coco_sample_dir() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tiny_hrnet():
-    """Registers 'w8_tiny' (one block per branch, widths 8-64) for the session and returns its
-    spec: the production networks and loop with a train step that compiles in seconds."""
-    from psa_jax.models.hrnet import HRNET_SPECS, HRNetSpec, StageSpec
+    """Registers 'w8_tiny' (one block per branch, widths 8-64; tests/tiny_net.py) for the session
+    and returns its spec: the production networks and loop with a train step that compiles in seconds."""
+    from psa_jax.models.hrnet import HRNET_SPECS
+    from tiny_net import register_tiny_hrnet
 
-    spec = HRNetSpec("w8_tiny", 1, 16, (StageSpec(1, (1, 1), (8, 16)), StageSpec(1, (1, 1, 1), (8, 16, 32)),
-                                        StageSpec(1, (1, 1, 1, 1), (8, 16, 32, 64))))
-    HRNET_SPECS["w8_tiny"] = spec
-    yield spec
+    yield register_tiny_hrnet()
     HRNET_SPECS.pop("w8_tiny", None)

@@ -68,8 +68,29 @@ def test_flipped_sample_decodes_to_the_unflipped_result(sample_data_dir, name):
             assert abs(dx_shift.mean() - 0.25) < 0.2
 
 
+def test_flipped_sample_combined_maps_decode_to_the_unflipped_result(sample_data_dir):
+    """udp_combined on the real sample: the mirrored crop's maps, flipped back (x offsets negated,
+    joints swapped), decode where the crop's own maps decode, and so does their flip-test average."""
+    codec, joints = _crop_joints(sample_data_dir, "udp_combined")
+    vis = joints[..., 2] > 0
+    maps = np.stack([codec.encode(j[:, :2], j[:, 2])[0] for j in joints])
+    flipped = flip_joints_in_crop(joints, codec.input_wh[0])
+    maps_f = np.stack([codec.encode(j[:, :2], j[:, 2])[0] for j in flipped])
+    base, _ = decode_heatmaps(maps, codec)
+    back, _ = decode_heatmaps(flip_back(maps_f, codec="udp_combined"), codec)
+    avg = average_with_flipped(maps, maps_f, shift_heatmap=default_shift_heatmap("udp_combined"), codec="udp_combined")
+    averaged, _ = decode_heatmaps(avg, codec)
+    assert vis.sum() > 100
+    np.testing.assert_allclose(back[vis], base[vis], atol=1e-4)
+    np.testing.assert_allclose(averaged[vis], base[vis], atol=1e-4)
+    # without the combined layout the x offsets keep the mirrored sign and the channels mix: wrong
+    wrong, _ = decode_heatmaps(average_with_flipped(maps, maps_f, shift_heatmap=False), codec)
+    assert np.abs(wrong[vis] - base[vis]).max() > 1.0
+
+
 def test_shift_defaults_follow_the_references():
     assert default_shift_heatmap("msra") and default_shift_heatmap("dark") and not default_shift_heatmap("udp")
+    assert not default_shift_heatmap("udp_combined")  # mmpose UDP combined configs: shift_heatmap=False
     with pytest.raises(ValueError):
         default_shift_heatmap("x")
 
@@ -111,7 +132,7 @@ _COCO_MIRROR = {0: 0,                    # nose
 
 def _flip_back_by_hand(hm):
     """out[b, y, x, k] = hm[b, y, w - 1 - x, mirror(k)], element by element."""
-    b, h, w, k = hm.shape
+    _, _, w, k = hm.shape
     out = np.empty_like(hm)
     for c in range(k):
         for x in range(w):

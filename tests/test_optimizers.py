@@ -1,11 +1,14 @@
 """Optimizers and schedules against PyTorch's and hand-computed values."""
+import pathlib
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 import torch
 
-from psa_jax.training.config_schema import common_config
+from psa_jax.training.config_schema import common_config, load_config
 from psa_jax.training.optimizers import make_optimizer, make_schedule
 
 
@@ -93,3 +96,46 @@ def test_an_incomplete_section_is_refused_with_the_missing_key():
         make_schedule({"name": "poly"}, base_lr=1.0, steps_per_epoch=1, total_steps=1)
     with pytest.raises(KeyError, match=r"config\.schedule\.warmup_steps"):
         make_schedule({"name": "constant"}, base_lr=1.0, steps_per_epoch=1, total_steps=1)
+
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config_schedule(stem, steps_per_epoch):
+    config = load_config(_REPO / "configs" / f"{stem}.py")
+    total = config.num_epochs * steps_per_epoch
+    return config, make_schedule(config.schedule, base_lr=config.optimizer.lr, steps_per_epoch=steps_per_epoch,
+                                 total_steps=total)
+
+
+@pytest.mark.parametrize("stem", ["coco_w32_256x192", "coco_w48_384x288"])
+def test_hrnet_pose_drops_in_the_epochs_hrnet_s_train_py_does(stem):
+    """HRNet's tools/train.py: MultiStepLR(LR_STEP [170, 200], 0.1, last_epoch=-1), then
+    `lr_scheduler.step()` at the start of every epoch: epoch index e trains at last_epoch = e + 1, so
+    the drops apply from epochs 169 and 199 (0-based). Compared with torch's own scheduler, every epoch."""
+    spe = 7
+    config, schedule = _config_schedule(stem, spe)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=config.optimizer.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[170, 200], gamma=0.1, last_epoch=-1)
+    torch_lr = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "lr_scheduler.step() before optimizer.step()", as HRNet does
+        for _ in range(config.num_epochs):
+            sched.step()
+            torch_lr.append(opt.param_groups[0]["lr"])
+    ours = [(float(schedule(e * spe)), float(schedule(e * spe + spe - 1))) for e in range(config.num_epochs)]
+    np.testing.assert_allclose([o[0] for o in ours], torch_lr, rtol=1e-6)
+    np.testing.assert_allclose([o[1] for o in ours], torch_lr, rtol=1e-6)
+    # Golden values at the boundaries (epoch index: rate).
+    assert [float(schedule(e * spe)) for e in (168, 169, 198, 199, 209)] == pytest.approx(
+        [1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rel=1e-6)
+
+
+def test_mmpose_udp_drops_at_the_start_of_epochs_170_and_200():
+    """mmcv's step policy reads the 0-based epoch before each epoch: lr = base * 0.1 ** #(steps <= epoch)."""
+    spe = 7
+    _, schedule = _config_schedule("coco_w48_384x288_udp", spe)
+    assert [float(schedule(e * spe)) for e in (169, 170, 199, 200)] == pytest.approx(
+        [5e-4, 5e-5, 5e-5, 5e-6], rel=1e-6)
+    assert float(schedule(170 * spe - 1)) == pytest.approx(5e-4, rel=1e-6)

@@ -53,17 +53,44 @@ def test_worker_processes_give_the_same_stream_outside_an_absl_app():
     del it
 
 
-def test_train_epoch_covers_every_record_once_per_process():
+def test_train_epoch_covers_every_record_once_over_the_processes():
     src = list(range(24))
     seen = []
     for p in range(3):
         it = iter(pipeline.train_dataset(src, _augment, global_batch_size=6, seed=0,
                                          process_index=p, process_count=3))
-        epoch = np.concatenate([b["x"] for b in _take(it, 4)])  # 8 records per process = 4 x 2
+        epoch = np.concatenate([b["x"] for b in _take(it, 4)])  # 4 steps x 2 rows of the 24-record epoch
         assert len(set(epoch.tolist())) == 8
         seen.append(set(epoch.tolist()))
     assert set().union(*seen) == set(src)
     assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+
+
+def test_global_batches_do_not_depend_on_the_process_layout():
+    """Process i of P yields rows [i B/P, (i+1) B/P) of the same global batches (records and
+    augmentation), so 1 process and 3 processes train on the same data."""
+    src = list(range(29))
+    one = _take(iter(pipeline.train_dataset(src, _augment, global_batch_size=6, seed=5,
+                                            process_index=0, process_count=1)), 7)
+    parts = [_take(iter(pipeline.train_dataset(src, _augment, global_batch_size=6, seed=5,
+                                               process_index=p, process_count=3)), 7) for p in range(3)]
+    for step in range(7):
+        for key in ("x", "noise"):
+            np.testing.assert_array_equal(np.concatenate([parts[p][step][key] for p in range(3)]), one[step][key])
+
+
+def test_start_step_continues_the_stream_on_another_layout():
+    src = list(range(17))
+    full = _take(iter(pipeline.train_dataset(src, _augment, global_batch_size=4, seed=2,
+                                             process_index=0, process_count=1)), 9)
+    resumed = [_take(iter(pipeline.train_dataset(src, _augment, global_batch_size=4, seed=2, process_index=p,
+                                                 process_count=2, start_step=6)), 3) for p in range(2)]
+    for k in range(3):
+        for key in ("x", "noise"):
+            np.testing.assert_array_equal(np.concatenate([resumed[0][k][key], resumed[1][k][key]]), full[6 + k][key])
+    with pytest.raises(ValueError, match="start_step"):
+        pipeline.train_dataset(src, _augment, global_batch_size=4, seed=2, start_step=-1, process_count=1,
+                               process_index=0)
 
 
 def test_eval_shards_are_padded_disjoint_and_complete():

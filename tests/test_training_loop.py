@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fake_bucket import fake_bucket_fixture  # noqa: F401  (the fixture `fake_bucket`)
+
 from psa_jax.training import evaluate as eval_script
 from psa_jax.training import loop as train_script
 from psa_jax.training.checkpointing import Checkpointer, CheckpointError, abstract_like
@@ -109,7 +111,7 @@ def test_checkpoint_restores_onto_another_mesh_and_reports_damage(tmp_path):
     from psa_jax.models import pose_hrnet
     model = pose_hrnet("w8_tiny", attention="psa_p")
     _, state = nnx.split(model)
-    mesh_a = make_mesh(4, 2)
+    mesh_a = make_mesh(4, model=2)
     sharded = jax.device_put(state, state_shardings(state, mesh_a, shard_params=True, min_size=64))
     assert any(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
                for x in jax.tree.leaves(sharded))
@@ -132,7 +134,7 @@ def test_checkpoint_restores_onto_another_mesh_and_reports_damage(tmp_path):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"garbage")
     ckpt = Checkpointer(tmp_path / "ck", best_metric="AP")
-    with pytest.raises(CheckpointError, match="Delete that step directory"):
+    with pytest.raises(CheckpointError, match=r"ck \(step 3: .*--step=latest to fall back to the newest readable"):
         ckpt.restore(3, model=target)
     ckpt.close()
 
@@ -160,7 +162,7 @@ def test_parameter_sharding_does_not_change_outputs():
     gd, state = nnx.split(model)
     images = np.asarray(jax.random.normal(jax.random.key(0), (8, 64, 64, 3)))
     outs = []
-    for mesh, shard in ((make_mesh(-1, 1), False), (make_mesh(4, 2), True)):
+    for mesh, shard in ((make_mesh(-1, 1), False), (make_mesh(4, model=2), True)):
         sh = state_shardings(state, mesh, shard_params=shard, min_size=64)
         forward = make_forward(gd, lambda m, x: m(x), model_sharding=sh, mesh=mesh)
         outs.append(host_predict_fn(forward, jax.device_put(state, sh), mesh)(images))
@@ -314,3 +316,54 @@ def test_init_from_an_orbax_checkpoint_of_a_training_run(shared_data, schedule_r
         changed += not np.array_equal(np.asarray(x), f)
     # Training moved (almost) every array away from its initial value; the init must carry that over.
     assert changed > 0.9 * len(paths), (changed, len(paths))
+
+
+def test_loss_ceiling_stops_a_diverged_run_at_its_first_step_above(shared_data, tmp_path):
+    workdir = str(tmp_path / "ceiling")
+    with pytest.raises(train_script.NonFiniteLossError, match=r"above config.loss_ceiling=1e-12 at step 1\b"):
+        train_script.train(tiny_config(shared_data, loss_ceiling=1e-12), workdir)
+    metrics = pathlib.Path(workdir) / "metrics.jsonl"
+    assert not metrics.exists() or not [r for r in _records(workdir) if r["kind"] == "train"]
+
+
+def test_ema_and_gradient_accumulation_in_the_loop(shared_data, tmp_path):
+    """ema_decay and grad_accum_steps reach the step: the checkpoint holds an EMA that lags the
+    weights, the evaluation scores the EMA, and eval.py reproduces that score from the checkpoint."""
+    import orbax.checkpoint as ocp
+
+    workdir = str(tmp_path / "ema")
+    config = tiny_config(shared_data, num_steps=4, ema_decay=0.5, grad_accum_steps=2, batch_size=16,
+                         **{"eval.every_steps": 4})
+    results = train_script.train(config, workdir)
+    step_dir = pathlib.Path(workdir) / "checkpoints" / "4"
+    assert (step_dir / "ema").is_dir()
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def read(item):
+        with ocp.StandardCheckpointer() as reader:
+            meta = reader.metadata(step_dir / item)
+            meta = getattr(meta, "item_metadata", meta)
+            return reader.restore(step_dir / item, jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta))
+
+    model, ema = jax.tree.leaves(read("model")), jax.tree.leaves(read("ema"))
+    floats = [(a, b) for a, b in zip(model, ema) if np.issubdtype(np.asarray(a).dtype, np.floating)]
+    assert any(not np.allclose(a, b) for a, b in floats), "the EMA must differ from the live weights"
+    again = eval_script.evaluate(config, workdir, "latest")
+    assert again["AP"] == pytest.approx(results["AP"], abs=1e-6)
+
+
+def test_a_workdir_in_a_bucket(shared_data, tmp_path, fake_bucket):
+    """train() writes every file of its workdir through epath: with gs://fake-bucket/run they land in
+    the (fake) bucket and nothing named 'gs:' appears locally. Checkpoints go to a local directory
+    here because orbax writes arrays through TensorStore, which this offline fake cannot serve."""
+    workdir = fake_bucket.uri("run")
+    config = tiny_config(shared_data, num_steps=3,
+                         **{"eval.every_steps": 3, "checkpoint.directory": str(tmp_path / "ck")})
+    results = train_script.train(config, workdir)
+    for name in ("config.json", "metrics.jsonl", "final_metrics.json", "curves.png"):
+        assert fake_bucket.local(f"run/{name}").exists(), name
+    assert json.loads(fake_bucket.local("run/final_metrics.json").read_text())["AP"] == pytest.approx(results["AP"])
+    assert list(fake_bucket.local("run/results").glob("keypoints_gt_step3.json"))
+    assert list(fake_bucket.local("run/tensorboard").glob("events.out.tfevents.*"))
+    fake_bucket.assert_no_local_gs_dir()

@@ -14,6 +14,7 @@ A `.pth` file may hold the state_dict itself or a dict with `state_dict` / `mode
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -48,15 +49,19 @@ def read_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
         current torch, but older files may need this. Only enable it for files you trust.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    from etils import epath  # local or bucket paths (gs://...): read through epath
+
+    file = epath.Path(path)
+    if not file.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.endswith(".npz"):
         import numpy as np
-        with np.load(path) as f:
+        with file.open("rb") as raw, np.load(io.BytesIO(raw.read())) as f:
             return {k: f[k] for k in f.files}
     torch = _torch()
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        with file.open("rb") as raw:
+            obj = torch.load(io.BytesIO(raw.read()), map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:
         hint = "" if allow_pickle else (" If you trust the file, retry with allow_pickle=True "
                                         "(`--allow_pickle` on the command line).")

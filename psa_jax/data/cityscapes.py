@@ -41,12 +41,15 @@ Records (what `CityscapesRecords[i]` and `CachedCityscapesRecords[i]` return) ar
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import pathlib
+import shutil
 import struct
+import tempfile
 import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -192,11 +195,39 @@ def check_manual_dir(manual_dir: str | os.PathLike) -> pathlib.Path:
     return manual_dir
 
 
+@contextlib.contextmanager
+def _private_tempdir():
+    """Points `tempfile` at a fresh private directory for the block, then deletes it.
+
+    tfds's stock builders, created for a dataset not yet prepared, copy their info from tfds's
+    GCS bucket into `tempfile.mkdtemp('tfds')`, read it there within the constructor, and leave
+    that directory behind (empty when the bucket is out of reach), one per construction. Here it
+    lands in the private directory: its `tmp*tfds` directories are deleted with their content;
+    anything else found there (a temporary file another thread made meanwhile) is kept, with a
+    warning.
+    """
+    private = tempfile.mkdtemp(prefix="psa_jax_tfds_")
+    previous = tempfile.tempdir
+    tempfile.tempdir = private
+    try:
+        yield private
+    finally:
+        tempfile.tempdir = previous
+        for entry in os.scandir(private):
+            if entry.is_dir() and entry.name.startswith("tmp") and entry.name.endswith("tfds"):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        try:
+            os.rmdir(private)
+        except OSError:
+            log.warning("kept %s: it holds %s", private, sorted(os.listdir(private)))
+
+
 def _builder(data_dir: str | os.PathLike):
     import tensorflow_datasets as tfds  # heavy import, deferred
 
-    return tfds.builder(BUILDER_NAME, data_dir=os.fspath(data_dir),
-                        file_format=tfds.core.FileFormat.ARRAY_RECORD)
+    with _private_tempdir():
+        return tfds.builder(BUILDER_NAME, data_dir=os.fspath(data_dir),
+                            file_format=tfds.core.FileFormat.ARRAY_RECORD)
 
 
 def prepare_cityscapes(manual_dir: str | os.PathLike, data_dir: str | os.PathLike):
@@ -205,8 +236,9 @@ def prepare_cityscapes(manual_dir: str | os.PathLike, data_dir: str | os.PathLik
     Args:
       manual_dir: folder holding `leftImg8bit_trainvaltest.zip` and `gtFine_trainvaltest.zip`.
       data_dir: tfds data dir to write to. The stock builder first extracts the zips under
-        `data_dir/downloads/extracted` (about 11 GB for the real data; it may be deleted once the
-        build is done), then writes about 11 GB of array_record files.
+        `data_dir/downloads/extracted` (about 11 GB for the real data), then writes about 11 GB of
+        array_record files. Once the build succeeded, what it extracted is deleted (the zips stay
+        in `manual_dir`), and `downloads/extracted` and `downloads` too when this build made them.
 
     Raises:
       CityscapesNotFoundError: a zip is missing (see `check_manual_dir`).
@@ -225,8 +257,17 @@ def prepare_cityscapes(manual_dir: str | os.PathLike, data_dir: str | os.PathLik
             "Reading the built dataset does not need TensorFlow.") from e
     import tensorflow_datasets as tfds
 
+    extracted = pathlib.Path(data_dir) / "downloads" / "extracted"
+    dirs = [extracted, extracted.parent]
+    existed = [d.exists() for d in dirs]
+    before = set(os.listdir(extracted)) if extracted.is_dir() else set()
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=os.fspath(manual_dir), try_download_gcs=False))
+    for name in sorted(set(os.listdir(extracted)) - before) if extracted.is_dir() else ():
+        shutil.rmtree(extracted / name, ignore_errors=True)  # this build's extraction of the zips
+    for path, was_there in zip(dirs, existed, strict=True):
+        if not was_there and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
     return builder
 
 

@@ -5,15 +5,19 @@ Both tasks read a random-access source (a `tfds.data_source`, or any object with
 must be identical for both: per-process sharding, deterministic shuffling, padding of evaluation
 shards, batching and the hand-over to a global `jax.Array`.
 
-Determinism: a training element is a pure function of `(seed, position in the stream)`: grain
-shuffles with `seed` (a new permutation each epoch) and `random_map` derives the per-element
-`np.random.Generator` from the same seed and the element's index. The iterator state is the
-stream position only (`{'next_index': n}`), so it can be saved with the checkpoint and restored
-in a fresh process to continue the same data order.
+Determinism: a training element is a pure function of `(seed, position in the global stream)`:
+grain shuffles the whole source with `seed` (a new permutation each epoch) and `random_map`
+derives the per-element `np.random.Generator` from the same seed and the element's global index.
+Global batch `s` is elements `[s * B, (s + 1) * B)` of that stream whatever the process layout,
+so a run on 1 process and a run on 4 see the same global batches, and a run resumed on another
+layout continues the same data order from the step (`start_step`). The iterator state is the
+position in this process's stream only (`{'next_index': n}`), so it can also be saved with the
+checkpoint and restored in a fresh process of the same layout.
 
-Multi-host: each JAX process reads its own slice `source[process_index::process_count]` and
-produces `global_batch_size // process_count` examples per step; `global_batch` assembles the
-per-process slices into one batch-sharded global array (`jax.make_array_from_process_local_data`).
+Multi-host: process `i` of `P` computes rows `[i * B / P, (i + 1) * B / P)` of every global batch
+(each process reads and augments only its own rows; every process needs access to the whole
+source, as with tfds data sources on a shared file system or bucket); `global_batch` assembles
+the per-process rows into one batch-sharded global array (`jax.make_array_from_process_local_data`).
 """
 
 from __future__ import annotations
@@ -67,38 +71,57 @@ def train_dataset(
     process_count: int | None = None,
     read_options: grain.ReadOptions | None = None,
     worker_count: int = 0,
+    start_step: int = 0,
 ) -> grain.IterDataset:
-    """An infinite, shuffled, augmented and batched training stream for this process.
+    """An infinite, shuffled, augmented and batched training stream: this process's rows of
+    every global batch.
 
     Args:
       source: random-access records (`len(source)`, `source[i]`).
       transform: `(record, rng) -> dict of np.ndarray`, the augmentation + target encoding; all of
         its randomness must come from `rng` for the stream to be reproducible.
-      global_batch_size: examples per step summed over all processes.
+      global_batch_size: examples per step summed over all processes (B).
       seed: shuffling and augmentation seed.
-      process_index, process_count: this process's slice; default: the JAX process layout.
+      process_index, process_count: this process's rows; default: the JAX process layout.
       read_options: grain reader threads / prefetch (default `default_read_options()`).
       worker_count: >0 moves the transform into that many worker processes (`mp_prefetch`).
+      start_step: the first global batch yielded (resuming at step `start_step` on any layout).
 
     Returns:
       A `grain.IterDataset`; `iter()` of it yields dicts with a leading batch dimension of
-      `global_batch_size // process_count` and supports `get_state()` / `set_state()`.
+      `B // process_count` (rows `[i * B / P, (i + 1) * B / P)` of global batch `start_step`,
+      then `start_step + 1`, ...) and supports `get_state()` / `set_state()`.
     """
     index, count = process_layout(process_index, process_count)
     local_batch = _per_process_batch(global_batch_size, count)
     if len(source) == 0:
         raise ValueError("the training source is empty: check the dataset split and its filters")
-    ds = grain.MapDataset.source(source)[index::count]
-    if len(ds) == 0:
-        raise ValueError(f"process {index} of {count} received no training records "
-                         f"({len(source)} records in all)")
-    ds = ds.seed(seed).shuffle().repeat().random_map(transform)
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0")
+    stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(transform)
+    first = start_step * local_batch
+    # Local element k is row (index * b + k % b) of global batch (k // b).
+    rows = grain.MapDataset.range(first, first + (len(stream) - global_batch_size) // global_batch_size * local_batch)
+    ds = rows.map(_GlobalRows(stream, global_batch_size, local_batch, index))
     ds = ds.batch(local_batch, drop_remainder=True)
     it_ds = ds.to_iter_dataset(read_options or default_read_options())
     if worker_count > 0:
         _ensure_absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it_ds
+
+
+class _GlobalRows:
+    """Maps this process's element index k to its element of the global stream (picklable for
+    grain's worker processes)."""
+
+    def __init__(self, stream: grain.MapDataset, global_batch_size: int, local_batch: int, process_index: int):
+        self.stream, self.global_batch_size = stream, global_batch_size
+        self.local_batch, self.process_index = local_batch, process_index
+
+    def __call__(self, k: int) -> Example:
+        step, row = divmod(int(k), self.local_batch)
+        return self.stream[step * self.global_batch_size + self.process_index * self.local_batch + row]
 
 
 def _ensure_absl_flags_parsed() -> None:

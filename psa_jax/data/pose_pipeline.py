@@ -24,8 +24,10 @@ Batch fields (per example; batches add a leading B):
 field              dtype, shape    meaning
 =================  ==============  =====================================================
 image              float32 H,W,3   RGB crop, (x / 255 - ImageNet mean) / std
-target             float32 h,w,K   heatmaps (train only), h = H / 4
+target             float32 h,w,C   heatmaps (train only), h = H / 4; C = K, or 3K for codec
+                                   'udp_combined' (classification, x offset, y offset per joint)
 target_weight      float32 K       1 for a labelled joint whose Gaussian touches the map
+                                   ('udp_combined': 1 for every labelled joint)
 center, scale      float32 2       box centre and padded size in image pixels (eval)
 area               float32         prod(scale), the OKS-NMS area (eval)
 bbox_score         float32         detector score, 1 for ground-truth boxes (eval)
@@ -564,8 +566,8 @@ def make_train_data(
     Args:
       data_dir: tfds data dir holding the built `coco_keypoints` (see `build_coco_keypoints`).
       split: 'train' (or 'validation' for experiments).
-      codec: 'msra', 'dark' or 'udp' (warp + targets).
-      input_size: `(H, W)`; sigma: default 2 at 256x192, 3 at 384x288.
+      codec: 'msra', 'dark', 'udp' or 'udp_combined' (warp + targets; `pose_targets.CODECS`).
+      input_size: `(H, W)`; sigma: default 2 at 256x192, 3 at 384x288 (unused by 'udp_combined').
       augment: augmentation settings (`PoseAugmentConfig.none()` to disable).
       image_dtype: 'float32' (normalised RGB) or 'uint8' (RGB; see `normalize_on_device`).
     """
@@ -642,12 +644,16 @@ def visualize_sample(example: dict[str, np.ndarray], mean=IMAGENET_MEAN, std=IMA
     `cv2.imwrite`; joints with target weight 0 get no dot.
 
     Args:
-      example: `{'image': (H, W, 3) normalised RGB, 'target': (h, w, K), 'target_weight': (K,)}`.
+      example: `{'image': (H, W, 3) normalised RGB, 'target': (h, w, K), 'target_weight': (K,)}`;
+        a `(h, w, 3K)` 'udp_combined' target is drawn by its classification disks (channels 0::3).
     """
     rgb = np.clip((np.asarray(example["image"]) * np.asarray(std) + np.asarray(mean)) * 255.0, 0, 255)
     crop = cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2BGR)
     h, w = crop.shape[:2]
     target = np.asarray(example["target"])
+    num_joints = len(np.asarray(example["target_weight"]).reshape(-1))
+    if target.shape[-1] == 3 * num_joints:  # combined maps: classification channels only
+        target = target[..., 0::3]
     heat = cv2.resize(target.max(axis=-1), (w, h), interpolation=cv2.INTER_LINEAR)
     color = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
     alpha = np.clip(heat, 0, 1)[..., None] * 0.6

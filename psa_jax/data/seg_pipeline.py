@@ -134,8 +134,10 @@ def seg_train_dataset(
     process_count: int | None = None,
     read_options: grain.ReadOptions | None = None,
     worker_count: int = 0,
+    start_step: int = 0,
 ) -> grain.IterDataset:
-    """Infinite shuffled training batches (see the module docstring for the fields).
+    """Infinite shuffled training batches (see the module docstring for the fields), from global
+    batch `start_step` on.
 
     Deterministic per (seed, position); `iter(ds)` supports `get_state()` / `set_state()`.
     """
@@ -145,7 +147,7 @@ def seg_train_dataset(
         augment = AUGMENT_PRESETS[augment]
     return pipeline.train_dataset(records, SegTrainTransform(augment), global_batch_size=global_batch_size,
                                   seed=seed, process_index=process_index, process_count=process_count,
-                                  read_options=read_options, worker_count=worker_count)
+                                  read_options=read_options, worker_count=worker_count, start_step=start_step)
 
 
 def seg_eval_dataset(

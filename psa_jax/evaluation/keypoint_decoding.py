@@ -1,7 +1,8 @@
-"""Heatmaps -> keypoints: argmax + quarter offset (MSRA), DARK and UDP decoding (NumPy/OpenCV).
+"""Heatmaps -> keypoints: argmax + quarter offset (MSRA), DARK, UDP and UDP combined decoding (NumPy/OpenCV).
 
 Heatmaps are NHWC `(B, h, w, K)`; decoded coordinates are heatmap pixels `(B, K, 2)` (x, y) with
-scores `(B, K)` (the heatmap maximum, before any blur). `heatmaps_to_image` then maps them to
+scores `(B, K)` (the heatmap maximum, before any blur; for ``udp_combined``, whose maps are
+`(B, h, w, 3K)`, the blurred classification maximum as mmpose). `heatmaps_to_image` then maps them to
 image pixels through the inverse of the warp that produced the input crop.
 
 References, followed exactly:
@@ -19,6 +20,16 @@ References, followed exactly:
   `cv2.GaussianBlur(7, 7)` per map, min-max renormalised to the original maximum; clip to
   [0.001, 50]; log; edge-pad by 1; one Newton step with unit-spaced differences (singular Hessian
   -> no step); `transform_preds` maps `x * scale / (w - 1) + center - scale / 2`.
+* ``udp_combined`` (maps `(B, h, w, 3K)`, channel `3k` classification, `3k + 1` / `3k + 2` x / y
+  offsets in units of the radius; `psa_jax.data.pose_targets`): mmpose 0.x
+  `core/evaluation/top_down_eval.py::keypoints_from_heatmaps` (`use_udp=True`,
+  `target_type='CombinedTarget'`), the decoder of UDP-Pose's combined-target configs
+  (`test_cfg.modulate_kernel=11`): every classification map blurred in place with
+  `cv2.GaussianBlur((2k + 1, 2k + 1), 0)` (k = 11: 23 x 23, sigma 3.8) and every offset map with
+  `(k, k)` (11 x 11, sigma 2.0), OpenCV's default border; argmax of the blurred classification
+  map (its value is the score); coordinate = argmax + radius * (blurred x, y offset at the argmax),
+  radius = `radius_factor * max(w, h)`; inverse warp as ``udp``. mmpose 1.x `UDPHeatmap.decode`
+  blurs only the classification maps: `blur_offsets=False`.
 
 Deviation, documented: where a heatmap is constant (e.g. all zero for an unlabelled joint) the
 references divide 0 by 0 when renormalising and return NaN; here the renormalisation is skipped
@@ -30,14 +41,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from psa_jax.data.pose_targets import CODECS, PoseCodec
+from psa_jax.data.pose_targets import CODECS, UDP_CODECS, UDP_RADIUS_FACTOR, PoseCodec, udp_combined_radius
 from psa_jax.data.pose_transforms import get_affine_transform, udp_warp_matrix, invert_affine, affine_points
 
 DARK_BLUR_KERNEL = 11  # DarkPose experiments/coco/hrnet/*.yaml TEST.BLUR_KERNEL (both input sizes)
 UDP_BLUR_KERNEL = 7  # UDP-Pose master lib/core/inference.py::post
+COMBINED_BLUR_KERNEL = 11  # mmpose / UDP-Pose combined-target configs test_cfg.modulate_kernel
 
-__all__ = ["DARK_BLUR_KERNEL", "UDP_BLUR_KERNEL", "get_max_preds", "decode_msra", "decode_dark",
-           "decode_udp", "decode_heatmaps", "heatmaps_to_image", "keypoints_from_heatmaps"]
+__all__ = ["DARK_BLUR_KERNEL", "UDP_BLUR_KERNEL", "COMBINED_BLUR_KERNEL", "get_max_preds", "decode_msra",
+           "decode_dark", "decode_udp", "decode_udp_combined", "decode_heatmaps", "heatmaps_to_image",
+           "keypoints_from_heatmaps"]
 
 
 def _check(heatmaps: np.ndarray) -> np.ndarray:
@@ -173,14 +186,69 @@ def decode_udp(heatmaps: np.ndarray, blur_kernel: int = UDP_BLUR_KERNEL) -> tupl
     return coords, maxvals
 
 
+def _blur_maps(maps: np.ndarray, kernel: int) -> np.ndarray:
+    """`cv2.GaussianBlur((kernel, kernel), 0)` of every `(h, w)` map of a float32 `(B, h, w, C)` array
+    (OpenCV's default border, BORDER_REFLECT_101), C split into chunks OpenCV accepts."""
+    out = np.empty_like(maps)
+    b, c = maps.shape[0], maps.shape[-1]
+    for i in range(b):
+        for lo in range(0, c, 256):
+            chunk = np.ascontiguousarray(maps[i, :, :, lo:lo + 256])
+            out[i, :, :, lo:lo + 256] = cv2.GaussianBlur(chunk, (kernel, kernel), 0).reshape(chunk.shape)
+    return out
+
+
+def decode_udp_combined(maps: np.ndarray, blur_kernel: int = COMBINED_BLUR_KERNEL, *,
+                        radius_factor: float = UDP_RADIUS_FACTOR, blur_offsets: bool = True
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """UDP combined-target decoding: blur, argmax of the classification map, plus the offset there.
+
+    Args:
+      maps: `(B, h, w, 3K)` combined maps (channel order as the 'udp_combined' targets).
+      blur_kernel: k; classification maps are blurred with a `2k + 1` kernel, offsets with `k`.
+      radius_factor: the targets' disk radius / `max(w, h)`.
+      blur_offsets: blur the offset maps too (mmpose 0.x / UDP-Pose; False: mmpose 1.x).
+
+    Returns:
+      coords `(B, K, 2)` heatmap pixels (float64) and scores `(B, K)` float32 (the blurred
+      classification maximum, as mmpose). A classification map with no positive value decodes to
+      pixel (0, 0) plus the offsets there (HRNet's `get_max_preds` convention; mmpose writes -1 and
+      then reads the offset maps at a wrapped-around index).
+    """
+    hm = _check(maps)
+    b, h, w, c = hm.shape
+    if c % 3:
+        raise ValueError(f"combined maps need 3 channels per joint (classification, x offset, y offset); got "
+                         f"{c} channels. Was the network built for codec 'udp_combined' (3 * num_keypoints outputs)?")
+    if blur_kernel < 1 or blur_kernel % 2 == 0:
+        raise ValueError(f"blur_kernel must be a positive odd size, got {blur_kernel}")
+    hm = hm.astype(np.float32)
+    cls = _blur_maps(hm[..., 0::3], 2 * blur_kernel + 1)
+    offsets = hm.reshape(b, h, w, c // 3, 3)[..., 1:]  # (B, h, w, K, 2)
+    if blur_offsets:
+        offsets = _blur_maps(offsets.reshape(b, h, w, -1), blur_kernel).reshape(offsets.shape)
+    coords, scores = get_max_preds(cls)
+    x = coords[..., 0].astype(np.int64)
+    y = coords[..., 1].astype(np.int64)
+    bi, ki = np.indices(x.shape)
+    radius = udp_combined_radius((w, h), radius_factor)
+    return coords + radius * offsets[bi, y, x, ki].astype(np.float64), scores
+
+
 def decode_heatmaps(heatmaps: np.ndarray, codec: str | PoseCodec, *, blur_kernel: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes `(B, h, w, K)` heatmaps with the codec's reference decoder.
+    """Decodes `(B, h, w, C)` network outputs with the codec's reference decoder.
+
+    C = K heatmaps, or 3K combined maps for 'udp_combined' (its radius factor from the
+    `PoseCodec`, else the default 0.0546875).
 
     Returns:
       coords `(B, K, 2)` in heatmap pixels (float64) and scores `(B, K)` (float32).
     """
     name = codec.name if isinstance(codec, PoseCodec) else codec
+    if name == "udp_combined":
+        factor = codec.radius_factor if isinstance(codec, PoseCodec) else UDP_RADIUS_FACTOR
+        return decode_udp_combined(heatmaps, blur_kernel or COMBINED_BLUR_KERNEL, radius_factor=factor)
     if name == "msra":
         return decode_msra(heatmaps)
     if name == "dark":
@@ -195,7 +263,7 @@ def heatmaps_to_image(coords: np.ndarray, center: np.ndarray, scale: np.ndarray,
     """Maps heatmap-pixel coordinates to image pixels (inverse of the crop warp, rotation 0).
 
     For msra/dark this is HRNet `lib/utils/transforms.py::transform_preds` (inverse
-    `get_affine_transform` at heatmap size); for udp it is UDP-Pose `transform_preds`
+    `get_affine_transform` at heatmap size); for udp and udp_combined it is UDP-Pose `transform_preds`
     (`x * scale / (w - 1) + center - scale / 2`), i.e. the inverse of `udp_warp_matrix`.
 
     Args:
@@ -207,7 +275,7 @@ def heatmaps_to_image(coords: np.ndarray, center: np.ndarray, scale: np.ndarray,
     coords = np.asarray(coords, np.float64)
     out = np.empty_like(coords)
     for i in range(coords.shape[0]):
-        if codec.name == "udp":
+        if codec.name in UDP_CODECS:
             inv = invert_affine(udp_warp_matrix(center[i], scale[i], 0.0, codec.heatmap_wh))
         else:
             inv = get_affine_transform(center[i], scale[i], 0.0, codec.heatmap_wh, inverse=True)
@@ -217,7 +285,8 @@ def heatmaps_to_image(coords: np.ndarray, center: np.ndarray, scale: np.ndarray,
 
 def keypoints_from_heatmaps(heatmaps: np.ndarray, center: np.ndarray, scale: np.ndarray, codec: PoseCodec,
                             *, blur_kernel: int | None = None) -> np.ndarray:
-    """Decode + map back: `(B, h, w, K)` heatmaps -> `(B, K, 3)` image (x, y, score)."""
+    """Decode + map back: `(B, h, w, K)` heatmaps (`3K` combined maps for 'udp_combined') -> `(B, K, 3)`
+    image (x, y, score)."""
     hm = np.asarray(heatmaps)
     if hm.shape[1:3] != tuple(codec.heatmap_size):
         raise ValueError(f"heatmaps {hm.shape[1:3]} do not match the codec's heatmap size "

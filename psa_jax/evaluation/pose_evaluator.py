@@ -3,7 +3,7 @@
 Pipeline (HRNet `lib/core/function.py::validate` + `lib/dataset/coco.py::evaluate`):
 
   instances (GT or detector boxes) -> eval crops (`pose_pipeline.EvalTransform`)
-  -> heatmaps (model, optionally flip test) -> decoding (msra / dark / udp)
+  -> heatmaps (model, optionally flip test) -> decoding (msra / dark / udp / udp_combined)
   -> inverse warp to image pixels -> rescoring -> per-image OKS-NMS 0.9
   -> results json -> pycocotools COCOeval keypoint AP/AR.
 
@@ -99,7 +99,8 @@ def predict_keypoints(
                              f"{expected + ('K',)} for input {codec.input_size}")
         if flip_test:
             flipped = np.asarray(heatmap_fn(batch, True), np.float32)
-            heatmaps = average_with_flipped(heatmaps, flipped, shift_heatmap=shift, flip_pairs=flip_pairs)
+            heatmaps = average_with_flipped(heatmaps, flipped, shift_heatmap=shift, flip_pairs=flip_pairs,
+                                            codec=codec.name)
         kps = keypoints_from_heatmaps(heatmaps, batch["center"], batch["scale"], codec, blur_kernel=blur_kernel)
         valid = np.asarray(batch["valid"], bool)
         out["keypoints"].append(kps[valid])

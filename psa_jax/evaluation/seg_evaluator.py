@@ -18,15 +18,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from psa_jax.data.cityscapes import CLASS_NAMES, IGNORE_INDEX
 from psa_jax.evaluation import seg_inference as inf
-from psa_jax.evaluation.seg_metrics import (confusion_matrix_jax, cross_process_sum, format_iou_table,
-                                            segmentation_metrics)
+from psa_jax.evaluation.seg_metrics import (
+    confusion_matrix_jax,
+    cross_process_sum,
+    format_iou_table,
+    segmentation_metrics,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_segmentation", "accumulate_confusion", "MODES"]
+__all__ = ["MODES", "accumulate_confusion", "evaluate_segmentation"]
 
 MODES = ("whole", "slide", "multiscale", "mscale")
 
@@ -130,7 +135,8 @@ def evaluate_segmentation(
       flip: 'multiscale' only: also average horizontally flipped inputs.
       window, stride: 'slide' default window (512, 1024), stride 2/3 of it; 'multiscale' default
         window (1024, 2048) with stride = window, used where a scaled image is larger (HRNet-Seg).
-      overlay_dir: if set, process 0 writes `num_overlays` prediction/label overlay PNGs there.
+      overlay_dir: if set, process 0 writes `num_overlays` prediction/label overlay PNGs there (a local
+        or `gs://` folder, written through `etils.epath`).
       jit: compile the whole inference mode (windows, scales, resizing) into one XLA program per
         input shape. Needs a `predict_fn` that is a pure JAX function of its inputs (e.g. a
         closure over arrays, or already `jax.jit`-ed); by default the mode runs op by op around it.
@@ -167,6 +173,7 @@ def evaluate_segmentation(
         from psa_jax.evaluation.seg_visualize import save_overlay_png
 
         written = []
+        overlay_root = epath.Path(overlay_dir)
 
         def on_batch(batch, preds):
             valid = np.asarray(batch.get("valid", np.ones(len(preds), bool)), bool)
@@ -175,7 +182,7 @@ def evaluate_segmentation(
                 if len(written) >= num_overlays:
                     return
                 image_id = str(batch["image_id"][i]) if "image_id" in batch else f"image_{len(written):04d}"
-                written.append(save_overlay_png(os.path.join(overlay_dir, f"{image_id}_overlay.png"),
+                written.append(save_overlay_png(overlay_root / f"{image_id}_overlay.png",
                                                 denormalize_image(batch["image"][i]), preds[i], batch["label"][i]))
 
     conf, counts = accumulate_confusion(batches, scores_fn, num_classes=num_classes, total=num_batches,

@@ -9,14 +9,14 @@ left uncoloured in overlays.
 from __future__ import annotations
 
 import os
-import pathlib
 
 import cv2
 import numpy as np
+from etils import epath
 
 from psa_jax.data.cityscapes import CLASS_NAMES, IGNORE_INDEX, PALETTE
 
-__all__ = ["colorize", "overlay", "error_map", "overlay_panel", "save_overlay_png"]
+__all__ = ["colorize", "error_map", "overlay", "overlay_panel", "save_overlay_png"]
 
 
 def colorize(train_ids: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
@@ -77,11 +77,13 @@ def overlay_panel(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None 
 
 
 def save_overlay_png(path: str | os.PathLike, image: np.ndarray, pred: np.ndarray,
-                     label: np.ndarray | None = None) -> pathlib.Path:
-    """Writes `overlay_panel(image, pred, label)` as a PNG; returns the path."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+                     label: np.ndarray | None = None) -> epath.Path:
+    """Writes `overlay_panel(image, pred, label)` as a PNG (local or `gs://`, folders created); returns the path."""
+    path = epath.Path(path)
     panel = overlay_panel(np.asarray(image, np.uint8), np.asarray(pred), None if label is None else np.asarray(label))
-    if not cv2.imwrite(os.fspath(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"OpenCV could not encode the {panel.shape} overlay panel for {path} as PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png.tobytes())
     return path

@@ -74,7 +74,9 @@ def seg_hrnet(width: int | str, *, num_classes: int = 19, ocr: bool = False, att
       ocr: add the OCR head (NVIDIA layout); training-mode output is then `(logits, aux_logits)`.
       attention, placement: as in `pose_hrnet`.
       align_corners: bilinear convention of the fuse layers and the branch concatenation; default
-        per reference: True for HRNetV2 (HRNet-Seg's Cityscapes configs), False for OCR (NVIDIA).
+        per reference: False for HRNetV2 (`ALIGN_CORNERS: False` in HRNet-Seg's HRNetV2-W48
+        Cityscapes yaml), False for OCR (NVIDIA's layout and code; HRNet-Seg's own OCR branch
+        defaults to True, which its config in configs/ sets explicitly).
       dtype, param_dtype, program, rngs: as in `pose_hrnet`.
     Initialisation: backbone and head convs N(0, 1e-3) (`init_weights`); the OCR head keeps
     PyTorch's defaults, as NVIDIA's code does.
@@ -84,5 +86,5 @@ def seg_hrnet(width: int | str, *, num_classes: int = 19, ocr: bool = False, att
     rngs = rngs or nnx.Rngs(0)
     if ocr:
         return OCRNet(spec, num_classes=num_classes, align_corners=bool(align_corners), opts=opts, rngs=rngs)
-    return SegHRNetV2(spec, num_classes=num_classes, align_corners=True if align_corners is None else align_corners,
+    return SegHRNetV2(spec, num_classes=num_classes, align_corners=bool(align_corners),
                       opts=opts, rngs=rngs)

@@ -19,14 +19,19 @@ from etils import epath
 from flax import nnx
 
 from psa_jax.data import pipeline
+from psa_jax.data.coco_keypoints import CocoKeypointsConfig
 from psa_jax.data.pose_pipeline import (PoseAugmentConfig, build_coco_keypoints, make_eval_data, make_train_data,
                                         normalize_on_device)
+from psa_jax.data.pose_targets import channels_per_joint
 from psa_jax.evaluation.pose_evaluator import evaluate_keypoints
 from psa_jax.models import pose_hrnet, pose_resnet
-from psa_jax.tasks.pose_losses import joints_mse_loss
+from psa_jax.tasks.pose_losses import combined_target_mse_loss, joints_mse_loss
 from psa_jax.tasks.common import compute_dtype, model_program, resolve_data_dir, run_on_process_zero
 
 __all__ = ["PoseTask"]
+
+# Where the builder looks for the validation detections json, relative to the manual dir.
+DETECTION_FILES: tuple[str, ...] = CocoKeypointsConfig.detections
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +84,7 @@ class PoseTask:
         data = self.config.data
         return dict(codec=data.codec, input_size=tuple(data.input_size), sigma=data.sigma or None)
 
-    def train_dataset(self):
+    def train_dataset(self, start_step: int = 0):
         data = self.config.data
         aug = PoseAugmentConfig(**data.augment.to_dict())
         source, transform = make_train_data(self.data_dir, split="train", augment=aug,
@@ -87,7 +92,7 @@ class PoseTask:
         ds = pipeline.train_dataset(
             source, transform, global_batch_size=self.config.batch_size, seed=self.config.seed,
             read_options=pipeline.default_read_options(data.read_threads, data.prefetch),
-            worker_count=data.worker_count)
+            worker_count=data.worker_count, start_step=start_step)
         return ds, len(source)
 
     def preprocess(self, images: jax.Array) -> jax.Array:
@@ -99,16 +104,20 @@ class PoseTask:
         m = self.config.model
         dtype = compute_dtype(m.dtype)
         program = model_program(m.program, platform)
+        # output channels: K heatmaps, or 3K maps (classification, x/y offsets) for codec 'udp_combined'
+        channels = channels_per_joint(self.config.data.codec) * m.num_keypoints
         if m.name == "pose_hrnet":
-            return pose_hrnet(m.width, num_keypoints=m.num_keypoints, attention=m.attention, placement=m.placement,
+            return pose_hrnet(m.width, num_keypoints=channels, attention=m.attention, placement=m.placement,
                               dtype=dtype, program=program, rngs=rngs)
         if m.name == "pose_resnet":
-            return pose_resnet(m.depth, num_keypoints=m.num_keypoints, attention=m.attention, dtype=dtype,
+            return pose_resnet(m.depth, num_keypoints=channels, attention=m.attention, dtype=dtype,
                                program=program, rngs=rngs)
         raise ValueError(f"config.model.name={m.name!r} is not one of 'pose_hrnet', 'pose_resnet'")
 
     def loss_fn(self, outputs: jax.Array, batch: Mapping[str, jax.Array]):
-        loss = joints_mse_loss(outputs.astype(jnp.float32), batch["target"], batch["target_weight"])
+        """HRNet's JointsMSELoss, or mmpose's CombinedTargetMSELoss for codec 'udp_combined'."""
+        criterion = combined_target_mse_loss if self.config.data.codec == "udp_combined" else joints_mse_loss
+        loss = criterion(outputs.astype(jnp.float32), batch["target"], batch["target_weight"])
         return loss, {}
 
     def forward(self, model: nnx.Module, images: jax.Array) -> jax.Array:
@@ -122,12 +131,40 @@ class PoseTask:
                                                     det_score_threshold=ev.det_score_threshold, **self._codec_args)
         return self._eval_data[boxes]
 
-    def evaluate(self, predict: Callable[[np.ndarray], np.ndarray], *, step: int, final: bool) -> dict[str, Any]:
-        """COCO keypoint AP with `eval.boxes` during training; also `eval.final_boxes` at the end."""
+    def _box_kinds(self, final: bool) -> list[str]:
+        ev = self.config.eval
+        return [ev.boxes] + ([ev.final_boxes] if final and ev.final_boxes and ev.final_boxes != ev.boxes else [])
+
+    def check_evaluation_inputs(self) -> None:
+        """Everything the periodic and the final evaluations read exists (the detector boxes of
+        'det'), so that a missing file stops the run before its first step, not after the last."""
+        for boxes in self._box_kinds(final=True):
+            try:
+                self._data(boxes)
+            except ValueError as err:
+                if boxes != "det":
+                    raise
+                key = "boxes" if self.config.eval.boxes == "det" else "final_boxes"
+                raise ValueError(
+                    f"config.eval.{key}='det' evaluates with detector boxes, but the prepared "
+                    f"{self.config.eval.split!r} split has none ({err}). Put the person detections json in the manual "
+                    f"dir as one of {', '.join(DETECTION_FILES)} (HRNet publishes "
+                    "COCO_val2017_detections_AP_H_56_person.json with its pose code) and prepare the dataset again "
+                    f"(delete {self.data_dir}/coco_keypoints), or evaluate with ground-truth boxes: "
+                    f"--config.eval.{key}=gt") from None
+
+    def evaluate(self, predict: Callable[[np.ndarray], np.ndarray], *, step: int, final: bool,
+                 periodic: bool = True) -> dict[str, Any]:
+        """COCO keypoint AP with `eval.boxes` during training; also `eval.final_boxes` at the end.
+
+        `periodic=False` (with `final=True`) computes only the final-only evaluations: the loop
+        saves the last checkpoint between the two parts."""
         ev = self.config.eval
         results: dict[str, Any] = {}
-        box_kinds = [ev.boxes] + ([ev.final_boxes] if final and ev.final_boxes and ev.final_boxes != ev.boxes else [])
+        box_kinds = self._box_kinds(final)
         for i, boxes in enumerate(box_kinds):
+            if i == 0 and not periodic:
+                continue
             path = os.path.join(self.workdir, "results", f"keypoints_{boxes}_step{step}.json")
             stats = evaluate_keypoints(predict, self._data(boxes), flip_test=ev.flip_test,
                                        batch_size=ev.batch_size, results_path=path)

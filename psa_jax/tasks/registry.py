@@ -50,8 +50,13 @@ class Task(Protocol):
         """The network of `config.model`, as the program variant `config.model.program` names
         ('auto': chosen for `platform`, the platform of the devices it will run on)."""
 
-    def train_dataset(self) -> tuple[grain.IterDataset, int]:
-        """(this process's training stream, number of training examples per epoch)."""
+    def train_dataset(self, start_step: int = 0) -> tuple[grain.IterDataset, int]:
+        """(this process's training stream from global batch `start_step` on, number of training
+        examples per epoch). Global batches do not depend on the process layout."""
+
+    def check_evaluation_inputs(self) -> None:
+        """Raises (naming the missing file and the override that avoids it) when something the
+        periodic or the final evaluation reads is missing; called before the first step."""
 
     def preprocess(self, images: jax.Array) -> jax.Array:
         """The training batch's images -> network input, on device (e.g. uint8 normalisation)."""
@@ -62,8 +67,11 @@ class Task(Protocol):
     def forward(self, model: nnx.Module, images: jax.Array) -> Any:
         """Eval-mode outputs used by `evaluate`'s predict function."""
 
-    def evaluate(self, predict: Callable[[np.ndarray], Any], *, step: int, final: bool) -> dict[str, Any]:
-        """Scalar metrics (and tables) of `predict` on the validation split."""
+    def evaluate(self, predict: Callable[[np.ndarray], Any], *, step: int, final: bool,
+                 periodic: bool = True) -> dict[str, Any]:
+        """Scalar metrics (and tables) of `predict` on the validation split. `final` adds the
+        final-only evaluations; `periodic=False` leaves out the periodic one (the loop runs the
+        two parts on either side of saving the last checkpoint)."""
 
 
 def get_task(config: Any, workdir: str | os.PathLike) -> Task:

@@ -87,7 +87,7 @@ class SegTask:
 
         run_on_process_zero(build, "cityscapes_prepared")
 
-    def train_dataset(self):
+    def train_dataset(self, start_step: int = 0):
         data = self.config.data
         if data.augment not in AUGMENT_PRESETS:
             raise ValueError(f"config.data.augment={data.augment!r} is not one of {sorted(AUGMENT_PRESETS)}")
@@ -95,8 +95,21 @@ class SegTask:
         records = cityscapes_records("train", data_dir=self.data_dir, cache_dir=self.cache_dir)
         ds = seg_train_dataset(records, augment, global_batch_size=self.config.batch_size, seed=self.config.seed,
                                read_options=pipeline.default_read_options(data.read_threads, data.prefetch),
-                               worker_count=data.worker_count)
+                               worker_count=data.worker_count, start_step=start_step)
         return ds, len(records)
+
+    def check_evaluation_inputs(self) -> None:
+        """The validation split exists (before training starts, not at the first evaluation)."""
+        ev = self.config.eval
+        try:
+            records = cityscapes_records(ev.split, data_dir=self.data_dir)
+        except Exception as err:  # tfds raises several types for a missing split
+            raise ValueError(f"the evaluation split config.eval.split={ev.split!r} cannot be read from the prepared "
+                             f"Cityscapes dataset in {self.data_dir} ({type(err).__name__}: {err}); prepare it "
+                             "(python -m psa_jax.tools.check_cityscapes) or set --config.eval.split") from err
+        if len(records) == 0:
+            raise ValueError(f"the evaluation split config.eval.split={ev.split!r} in {self.data_dir} is empty")
+        self._val_records = records
 
     # ------------------------------------------------------------------ model and loss
     def build_model(self, rngs: nnx.Rngs, *, platform: str | None = None) -> nnx.Module:
@@ -141,7 +154,12 @@ class SegTask:
         return out.astype(jnp.float32)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, predict: Callable[[np.ndarray], np.ndarray], *, step: int, final: bool) -> dict[str, Any]:
+    def evaluate(self, predict: Callable[[np.ndarray], np.ndarray], *, step: int, final: bool,
+                 periodic: bool = True) -> dict[str, Any]:
+        """mIoU (and per-class IoU) of `predict` on `eval.split`; `final` also writes overlays.
+        Segmentation has no final-only evaluation: `periodic=False` returns {}."""
+        if not periodic:
+            return {}
         ev = self.config.eval
         if self._val_records is None:
             self._val_records = cityscapes_records(ev.split, data_dir=self.data_dir)

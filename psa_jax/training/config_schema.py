@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import ml_collections as mlc
 
-__all__ = ["common_config", "pose_config", "seg_config", "load_config"]
+__all__ = ["common_config", "load_config", "pose_config", "seg_config"]
 
 
 def common_config() -> mlc.ConfigDict:
@@ -39,6 +39,13 @@ def common_config() -> mlc.ConfigDict:
     # for W32 on CPU); later jitted helpers (evaluation) trace again. Turn off when one process
     # calls train() many times (sweeps, notebooks, tests).
     c.clear_caches_after_compile = True
+    # Gradient accumulation: each step splits the global batch into this many micro-batches, runs
+    # them one after the other and applies one optimizer update with their mean gradient (BatchNorm
+    # statistics are those of each micro-batch, as with a k-times smaller batch; docs/training.md).
+    c.grad_accum_steps = 1
+    c.ema_decay = 0.0                 # > 0: an exponential moving average of the weights, evaluated and checkpointed
+    c.loss_ceiling = 0.0              # > 0: stop when the training loss exceeds this (diverged run); 0: off
+    c.tensorboard = True              # TensorBoard event files in WORKDIR/tensorboard beside metrics.jsonl
 
     # optimizers.make_optimizer reads every key of this section.
     c.optimizer = mlc.ConfigDict()
@@ -67,20 +74,39 @@ def common_config() -> mlc.ConfigDict:
     c.checkpoint.keep_latest = 2      # how many of the most recent checkpoints are kept
     c.checkpoint.keep_best = 1        # how many of the best-metric checkpoints are kept
     c.checkpoint.async_save = True    # write checkpoints in the background while training goes on
+    # Checkpoints apart from evaluation (evaluations always write one): every this many steps
+    # and/or every this many minutes of training (0: off). A preemption loses at most that much.
+    c.checkpoint.every_steps = 0
+    c.checkpoint.every_minutes = 30.0
+    c.checkpoint.directory = ""       # '' = WORKDIR/checkpoints (local or a bucket path)
 
     c.mesh = mlc.ConfigDict()
-    c.mesh.data = -1                  # devices on the 'data' axis; -1: all devices not on 'model'
+    c.mesh.data = -1                  # devices on the 'data' axis; -1: all devices not on 'fsdp' / 'model'
+    # devices on the 'fsdp' axis: the batch is split over it *and* so are parameters and optimizer
+    # state (ZeRO-3; rules in training/sharding.py)
+    c.mesh.fsdp = 1
     c.mesh.model = 1                  # devices on the 'model' axis
     c.mesh.shard_params = False       # split large parameters (and optimizer state) over 'model'
 
-    # Initialisation: an orbax checkpoint written by train.py or `python -m psa_jax.tools.convert`
-    # (model weights only), or a PyTorch file (`pytorch_layout`: 'imagenet' loads an ImageNet
-    # HRNet classifier into the backbone; 'network' loads a whole network of the same layout).
+    # Initialisation (training/init_weights.py): an orbax checkpoint written by train.py or
+    # `python -m psa_jax.tools.convert` (model weights only), or a PyTorch file. Every published
+    # config names the file its reference starts from as `pretrained/<file>`, looked for in
+    # $PSA_JAX_PRETRAINED or else ./pretrained (README "Pretrained weights"); a missing file stops the
+    # run before training. 'none' trains from random initialisation on purpose (a warning says so).
     c.init = mlc.ConfigDict()
     c.init.checkpoint = ""            # orbax checkpoint directory; '': none
-    c.init.pytorch = ""               # PyTorch .pth file; '': none
-    c.init.pytorch_layout = "imagenet"  # 'imagenet' | 'network'
-    c.distributed = False             # call jax.distributed.initialize() (multi-host)
+    c.init.pytorch = ""               # PyTorch .pth file; 'none' or '': none (both log a warning)
+    # 'imagenet' (ImageNet HRNet classifier -> backbone) | 'snapshot' (another dataset's whole network,
+    # tensors of matching key and shape, as NVIDIA's --snapshot) | 'network' (same layout, strict)
+    c.init.pytorch_layout = "imagenet"
+    # Multi-process runs (pods, multi-GPU clusters): runtime/distributed.py. Left empty, the
+    # values are detected (Cloud TPU, SLURM, Open MPI); set them for one process per GPU by hand.
+    c.distributed = mlc.ConfigDict()
+    c.distributed.initialize = "auto"  # 'auto' (when flags are set or a cluster is detected) | 'always' | 'never'
+    c.distributed.coordinator_address = ""  # 'host:port' of process 0
+    c.distributed.num_processes = 0   # 0: detect
+    c.distributed.process_id = -1     # -1: detect
+    c.distributed.heartbeat_timeout_s = 100  # a process silent this long stops the others with an error
     return c
 
 
@@ -113,7 +139,8 @@ def pose_config() -> mlc.ConfigDict:
     c.data.manual_dir = ""            # COCO layout: annotations/person_keypoints_*2017.json, train2017/, val2017/
     c.data.data_dir = ""              # where tfds writes the prepared dataset ('' = WORKDIR/data)
     c.data.input_size = (256, 192)    # network input (height, width); heatmaps are a quarter of it
-    c.data.codec = "msra"             # targets, warp and decoding: 'msra' | 'dark' | 'udp' (data.pose_targets)
+    # targets, warp and decoding: 'msra' | 'dark' | 'udp' | 'udp_combined' (UDP's offset target) (data.pose_targets)
+    c.data.codec = "msra"
     c.data.sigma = 0.0                # Gaussian sigma of the targets; 0: 2 at 256x192, 3 at 384x288
     # Training augmentation (data.pose_pipeline.PoseAugmentConfig), applied in this order:
     c.data.augment = mlc.ConfigDict()
@@ -166,7 +193,8 @@ def seg_config() -> mlc.ConfigDict:
     c.model.attention = "none"        # 'none' | 'psa_p' | 'psa_s' | ... (layers.registry.ATTENTION_NAMES)
     c.model.placement = "basic"       # where the attention goes: 'basic' | 'all_residual' (models.options)
     c.model.num_classes = 19          # Cityscapes trainIds
-    # seg_hrnet's bilinear convention: 'auto' (True for HRNetV2, False with OCR) | 'true' | 'false'.
+    # seg_hrnet's bilinear convention: 'auto' (models.seg.seg_hrnet's default, False: HRNetV2-W48's
+    # yaml and NVIDIA's OCR; HRNet-Seg's own OCR branch uses True, which its recipe sets) | 'true' | 'false'.
     # mscale_ocr always uses False (NVIDIA).
     c.model.align_corners = "auto"
     c.model.eval_scales = (0.5, 1.0, 2.0)  # mscale_ocr: the scales its default nscale merges (must hold 1.0)
@@ -220,9 +248,28 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> mlc.ConfigDict:
     from absl import flags
     from ml_collections import config_flags
 
+    if overrides:  # an unknown key is named with the closest valid ones
+        from psa_jax.training.preflight import check_overrides, load_config_file
+        check_overrides(load_config_file(str(path)), overrides)
     argv = ["psa_jax", f"--config={path}", *(f"--config.{o}" for o in overrides)]
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", str(path), "config", flag_values=values, lock_config=True,
                                     sys_argv=argv)
     values(argv)
     return values.config
+
+
+def sibling_config(anchor: str, name: str) -> mlc.ConfigDict:
+    """`get_config()` of the config file `name` in the directory of the file `anchor` (a config
+    file's `__file__`): a setting that is another one plus a change, e.g. a PSA config as its
+    baseline twin with `model.attention` set, so the two cannot drift apart."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(anchor).resolve().with_name(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{anchor} builds on {path}, which does not exist")
+    spec = importlib.util.spec_from_file_location(f"psa_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

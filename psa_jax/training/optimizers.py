@@ -3,7 +3,7 @@
 | recipe | optimizer | schedule | source |
 | --- | --- | --- | --- |
 | HRNet pose | Adam 1e-3, no weight decay | x0.1 at epochs 170, 200 (210 epochs) | `experiments/coco/hrnet/*.yaml`, `lib/utils/utils.py::get_optimizer` |
-| UDP-Pose (mmpose) | Adam, linear warm-up 500 iterations from x0.001 | x0.1 at 170, 200 | `hrnet_w32_coco_256x192_udp.py` |
+| UDP (mmpose) | Adam, linear warm-up 500 iterations from x0.001 | x0.1 at 170, 200 | mmpose `hrnet_w48_coco_{256x192,384x288}_udp.py` |
 | HRNet-Seg | SGD 0.01, momentum 0.9, wd 5e-4 | poly 0.9 per iteration | `tools/train.py`, `lib/utils/utils.py::adjust_learning_rate` |
 | NVIDIA / PSA | SGD 5e-3 (8 GPUs), momentum 0.9, wd 1e-4 | poly 2.0 per epoch (175 epochs) | `semantic-segmentation/train.py`, `loss/optimizer.py` |
 

@@ -43,6 +43,11 @@ logged and stored in `builder.info.metadata['build_report'][split]`:
   use (`pose_transforms.InstanceCounts`, HRNet's rules) are reported at build time;
 * train images with no person annotation at all are not written (`images_without_persons`); on
   validation every image is written, since detections on person-free images count in COCO AP.
+
+Building leaves nothing else behind: no `tmp*tfds` directory in the system temporary directory
+(tfds makes one for each unprepared builder to look its info up on its GCS bucket; this
+dataset is never there, `_BuiltHereInfo`) and no empty `DATA_DIR/downloads/extracted` (tfds's
+download manager makes it even when nothing is downloaded, `remove_new_empty_dirs`).
 """
 
 from __future__ import annotations
@@ -51,8 +56,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import cv2
@@ -81,6 +87,30 @@ Put COCO 2017 person keypoints in the manual directory in COCO's own layout:
     repository's data instructions)
 A split whose annotation file is missing is skipped.
 """
+
+
+def download_dirs(data_dir: str | os.PathLike) -> list[epath.Path]:
+    """The directories tfds's download manager makes under a data dir: `downloads/extracted`,
+    `downloads` (innermost first)."""
+    root = epath.Path(data_dir) / "downloads"
+    return [root / "extracted", root]
+
+
+def remove_new_empty_dirs(dirs: Iterable[epath.Path], existed: Iterable[bool]) -> None:
+    """Removes each of `dirs` (innermost first) that did not exist before (`existed`) and is empty
+    now. A directory holding anything, or one that was there before, is kept."""
+    for path, was_there in zip(dirs, existed, strict=True):
+        if not was_there and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+class _BuiltHereInfo(tfds.core.DatasetInfo):
+    """DatasetInfo of a dataset that exists only where it is built: never looked up on tfds's GCS
+    bucket. tfds's `initialize_from_bucket` (run when a builder of an unprepared dataset is
+    created) makes `tempfile.mkdtemp('tfds')` before looking, and leaves it behind."""
+
+    def initialize_from_bucket(self) -> None:
+        return None
 
 
 @dataclasses.dataclass
@@ -115,9 +145,22 @@ class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
     ]
     DEFAULT_CONFIG_NAME = "2017"
 
+    def download_and_prepare(self, *args, **kwargs) -> None:
+        """tfds's `download_and_prepare`, then removes the empty `downloads/extracted` (and
+        `downloads`) it made under the data dir when they were not there before."""
+        dirs = download_dirs(self.data_dir_root)
+        existed = [d.exists() for d in dirs]
+        try:
+            super().download_and_prepare(*args, **kwargs)
+        finally:
+            remove_new_empty_dirs(dirs, existed)
+
     def _info(self) -> tfds.core.DatasetInfo:
         k = self.builder_config.num_keypoints
-        return self.dataset_info_from_configs(
+        metadata = self.get_metadata()  # what dataset_info_from_configs adds from the config files
+        extra = {key: getattr(metadata, key) for key in ("description", "citation") if getattr(metadata, key)}
+        return _BuiltHereInfo(
+            builder=self,
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
                 "image/id": np.int64,
@@ -139,7 +182,7 @@ class CocoKeypoints(tfds.core.GeneratorBasedBuilder):
             }),
             metadata=tfds.core.MetadataDict(),
             homepage="https://cocodataset.org/#keypoints-2017",
-            description=__doc__.split("\n\n")[1] if __doc__ else None,
+            **({"description": __doc__.split("\n\n")[1] if __doc__ else None} | extra),
         )
 
     # ------------------------------------------------------------------------------------------
