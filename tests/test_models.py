@@ -380,7 +380,8 @@ def test_w32_pose_train_step_lowers_with_a_batch_sharded_over_devices():
     lowered = step.lower(abstract(mst), abstract(ost), batch)
     text = lowered.as_text()
     assert text.count("stablehlo.convolution") >= 293 * 3  # forward, input and weight gradients
-    # The image batch is split over the 'data' axis of the mesh (n devices); parameters replicated.
-    image_arg = f'tensor<{n}x256x192x3xf32> {{sdy.sharding = #sdy.sharding<@mesh, [{{"data"}}, {{}}, {{}}, {{}}]>'
+    # The image batch is split over the batch axes ('data' x 'fsdp' = n x 1 devices); parameters replicated.
+    image_arg = (f'tensor<{n}x256x192x3xf32> {{sdy.sharding = #sdy.sharding<@mesh, '
+                 '[{"data", "fsdp"}, {}, {}, {}]>')
     assert image_arg in text
     assert 'tensor<64xf32> {sdy.sharding = #sdy.sharding<@mesh, [{}]>' in text  # e.g. the stem BN, replicated
