@@ -45,14 +45,3 @@ def tiny_hrnet():
     yield register_tiny_hrnet()
     HRNET_SPECS.pop("w8_tiny", None)
 
-
-# The slowest modules (separate training processes, end-to-end studies, real-data training) go first,
-# so that `pytest -n 2` starts both workers on them and fills in with the many short tests after,
-# instead of ending with one worker alone on a long test.
-SLOW_FIRST = ("test_pod_training.py", "test_ablate.py", "test_coco_overfit.py", "test_training_loop.py",
-              "test_seg_training.py", "test_models.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("tiny_hrnet")
 
 TINY = ["model.width=w8_tiny", "data.synthetic.num_train=24", "data.synthetic.num_val=6",
         "data.synthetic.image_size=(96, 96)", "data.input_size=(64, 64)", "batch_size=8", "eval.batch_size=8",
-        "schedule.warmup_steps=0", "log_every_steps=1", "checkpoint.every_minutes=0", "tensorboard=False"]
+        "schedule.warmup_steps=0", "log_every_steps=1", "checkpoint.every_minutes=0", "tensorboard=False",
+        "eval.final_boxes=gt", "eval.flip_test=False"]
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +181,12 @@ def _free_port() -> int:
 
 def test_two_processes_agree_with_one_and_resume_on_one_device(env, tmp_path):
     """2 processes x 1 device (gloo collectives) train like 1 process x 2 devices on the same global
-    batches; a checkpoint of 2 processes x 4 devices resumes on 1 process with 1 device and trains on.
+    batches; their checkpoint resumes on 1 process with 1 device and trains on.
 
     (With 8 devices the layouts place the global batch's rows in a different order, and this tiny
     network's gradients differ by about 1% from the summation order alone after two steps, which
     momentum then accumulates: equality is checked where the row order is the same.)"""
-    common = ("num_steps=6", "eval.every_steps=6", "eval.final_boxes=gt", "optimizer.name=sgd", "optimizer.lr=0.01")
+    common = ("num_steps=6", "eval.every_steps=6", "optimizer.name=sgd", "optimizer.lr=0.01")
     one = tmp_path / "one"
     proc = _run(env, one, *common, devices=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -210,24 +211,19 @@ def test_two_processes_agree_with_one_and_resume_on_one_device(env, tmp_path):
     ap_two = json.loads((two / "final_metrics.json").read_text())["AP"]
     assert ap_two == pytest.approx(ap_one, abs=1e-3)
 
-    # A checkpoint of 2 processes x 4 devices resumes on 1 process with 1 device and trains on.
-    eight = tmp_path / "eight"
-    port = _free_port()
-    dist = ("distributed.coordinator_address=127.0.0.1:" + str(port), "distributed.num_processes=2")
-    procs = [_start(env, eight, *common, *dist, f"distributed.process_id={i}", devices=4) for i in range(2)]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    assert _meta(eight, 6)["process_count"] == 2 and _meta(eight, 6)["device_count"] == 8
-    proc = _run(env, eight, *common[1:], "num_steps=9", devices=1)
+    # The 2-process checkpoint resumes on 1 process with 1 device and trains on.
+    assert _meta(two, 6)["process_count"] == 2
+    proc = _run(env, two, *common[1:], "num_steps=9", devices=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "written by 2 processes" in proc.stderr
-    assert 9 in _steps(eight) and _meta(eight, 9)["device_count"] == 1
+    assert 9 in _steps(two) and _meta(two, 9)["process_count"] == 1
 
 
 def test_a_lost_process_stops_the_other_with_an_error(env, tmp_path):
     work = tmp_path / "lost"
     port = _free_port()
     dist = ("distributed.coordinator_address=127.0.0.1:" + str(port), "distributed.num_processes=2",
-            "distributed.heartbeat_timeout_s=10")
+            "distributed.heartbeat_timeout_s=5")
     log0 = open(tmp_path / "p0.log", "w")
     p0 = _start(env, work, "num_steps=100000", "eval.every_steps=100000", *dist, "distributed.process_id=0", log=log0)
     p1 = _start(env, work, "num_steps=100000", "eval.every_steps=100000", *dist, "distributed.process_id=1")
@@ -252,7 +248,8 @@ def test_missing_detector_boxes_stop_the_run_before_its_first_step(tmp_path):
     from psa_jax.training.loop import train
 
     data_dir = tmp_path / "data"
-    config = load_config(REPO / "configs" / "pose_synthetic_demo.py", TINY + [f"data.data_dir={data_dir}"])
+    config = load_config(REPO / "configs" / "pose_synthetic_demo.py",
+                         TINY + [f"data.data_dir={data_dir}", "eval.final_boxes=det"])
     from psa_jax.tasks.registry import get_task
     manual = pathlib.Path(get_task(config, str(tmp_path / "w")).manual_dir)
     write_synthetic_coco(str(manual), num_train=24, num_val=6, image_size=(96, 96), seed=0)

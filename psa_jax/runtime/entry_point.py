@@ -83,6 +83,17 @@ def exit_with_error(err: BaseException, status: int = 1) -> NoReturn:
     sys.exit(status)
 
 
+def _exit_now(status: int) -> NoReturn:
+    """Ends the process without the interpreter's shutdown. After a failed checkpoint read, that
+    shutdown garbage-collects orbax/tensorstore futures and coroutines and prints their warnings
+    *after* the error line; the cleanups (checkpoint managers closed, saves finished) have run."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def run_main(main: Callable[[list[str]], object], argv: list[str] | None = None) -> NoReturn:
     """absl's `app.run(main)` (flags parsed, then `main(argv)`), then the registered cleanups; an
     exception from `main` ends the process with `exit_with_error` (last line: the error, status
@@ -94,7 +105,10 @@ def run_main(main: Callable[[list[str]], object], argv: list[str] | None = None)
             result = main(args)
         except Exception as err:  # noqa: BLE001 - every failure of a run ends in its one-line error
             run_cleanups()
-            exit_with_error(err)
+            try:
+                exit_with_error(err)
+            except SystemExit as stop:
+                _exit_now(stop.code)
         except BaseException:
             run_cleanups()
             raise

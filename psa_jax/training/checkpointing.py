@@ -118,6 +118,14 @@ def _drop_closed_loop_callbacks() -> None:
 
     hook._psa_jax_drops_closed_loop = True
     sys.unraisablehook = hook
+    # The same reads, when their futures are garbage-collected (often at exit, after the run's
+    # error line), make asyncio log "Future exception was never retrieved" with tensorstore's spec.
+    logging.getLogger("asyncio").addFilter(_drop_unretrieved_future_records)
+
+
+def _drop_unretrieved_future_records(record: logging.LogRecord) -> bool:
+    """A logging filter: False (drop) for asyncio's 'Future exception was never retrieved' records."""
+    return not str(record.msg).startswith("Future exception was never retrieved")
 
 
 class Checkpointer:
