@@ -39,10 +39,7 @@ def joints_mse_loss(pred: jnp.ndarray, target: jnp.ndarray, target_weight: jnp.n
     Returns:
       scalar float32 loss.
     """
-    pred = pred.astype(jnp.float32)
-    target = target.astype(jnp.float32)
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {pred.shape} and target {target.shape} differ")
+    pred, target = _float32_pair(pred, target)
     diff = pred - target
     if target_weight is not None:
         diff = diff * target_weight.astype(jnp.float32)[:, None, None, :]
@@ -51,6 +48,13 @@ def joints_mse_loss(pred: jnp.ndarray, target: jnp.ndarray, target_weight: jnp.n
         return 0.5 * jnp.mean(per_example)
     m = mask.astype(jnp.float32)
     return 0.5 * jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _float32_pair(pred: jnp.ndarray, target: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Both maps as float32, after checking they have the same shape."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {pred.shape} and target {target.shape} differ")
+    return pred.astype(jnp.float32), target.astype(jnp.float32)
 
 
 def combined_target_mse_loss(pred: jnp.ndarray, target: jnp.ndarray, target_weight: jnp.ndarray | None = None,
@@ -66,10 +70,7 @@ def combined_target_mse_loss(pred: jnp.ndarray, target: jnp.ndarray, target_weig
     Returns:
       scalar float32 loss.
     """
-    pred = pred.astype(jnp.float32)
-    target = target.astype(jnp.float32)
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {pred.shape} and target {target.shape} differ")
+    pred, target = _float32_pair(pred, target)
     if pred.ndim != 4 or pred.shape[-1] % 3:
         raise ValueError(f"combined maps must be NHWC (B, h, w, 3K) with 3 channels per joint, got {pred.shape}; "
                          "build the network with 3 * num_keypoints outputs for codec 'udp_combined'")

@@ -181,50 +181,45 @@ def make_train_step(model_graphdef: nnx.GraphDef, opt_graphdef: nnx.GraphDef, lo
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"config.ema_decay={ema_decay} must be in [0, 1) (0: no EMA)")
 
-    def step_one(model_state, opt_state, batch):
+    def forward_backward(model_state, batch):
+        """Training-mode loss and parameter gradients on one (micro-)batch; BatchNorm statistics updated."""
         model = nnx.merge(model_graphdef, model_state, copy=True)
-        optimizer = nnx.merge(opt_graphdef, opt_state, copy=True)
         model.train()
-
         images = batch[image_key] if preprocess is None else preprocess(batch[image_key])
 
         def compute(m):
             return loss_fn(m(images), batch)
 
         (loss, aux), grads = nnx.value_and_grad(compute, has_aux=True)(model)
+        return nnx.state(model), grads, dict(aux, loss=loss)
+
+    def apply(model_state, opt_state, grads, metrics):
+        """One optimizer update with `grads`; adds the learning rate (and gradient norm) to `metrics`."""
+        model = nnx.merge(model_graphdef, model_state, copy=True)
+        optimizer = nnx.merge(opt_graphdef, opt_state, copy=True)
         lr = schedule(optimizer.step[...]) if schedule is not None else jnp.nan
         optimizer.update(model, grads)
-        metrics = dict(aux, loss=loss, lr=jnp.asarray(lr, jnp.float32))
+        metrics = dict(metrics, lr=jnp.asarray(lr, jnp.float32))
         if grad_norm:
             metrics["grad_norm"] = optax.global_norm(grads)
         return nnx.state(model), nnx.state(optimizer), metrics
 
+    def step_one(model_state, opt_state, batch):
+        model_state, grads, metrics = forward_backward(model_state, batch)
+        return apply(model_state, opt_state, grads, metrics)
+
     def step_accumulated(model_state, opt_state, batch):
-        optimizer = nnx.merge(opt_graphdef, opt_state, copy=True)
         zeros = jax.tree.map(jnp.zeros_like, nnx.state(nnx.merge(model_graphdef, model_state, copy=True), nnx.Param))
 
         def micro_step(carry, micro):
             state, grad_sum = carry
-            model = nnx.merge(model_graphdef, state, copy=True)
-            model.train()
-            images = micro[image_key] if preprocess is None else preprocess(micro[image_key])
-
-            def compute(m):
-                return loss_fn(m(images), micro)
-
-            (loss, aux), grads = nnx.value_and_grad(compute, has_aux=True)(model)
-            return (nnx.state(model), jax.tree.map(jnp.add, grad_sum, grads)), dict(aux, loss=loss)
+            state, grads, metrics = forward_backward(state, micro)
+            return (state, jax.tree.map(jnp.add, grad_sum, grads)), metrics
 
         (state, grad_sum), per_micro = jax.lax.scan(micro_step, (model_state, zeros),
                                                     _micro_batches(batch, k, mesh))
         grads = jax.tree.map(lambda g: g / k, grad_sum)
-        model = nnx.merge(model_graphdef, state, copy=True)
-        lr = schedule(optimizer.step[...]) if schedule is not None else jnp.nan
-        optimizer.update(model, grads)
-        metrics = dict(jax.tree.map(lambda v: jnp.mean(v, axis=0), per_micro), lr=jnp.asarray(lr, jnp.float32))
-        if grad_norm:
-            metrics["grad_norm"] = optax.global_norm(grads)
-        return nnx.state(model), nnx.state(optimizer), metrics
+        return apply(state, opt_state, grads, jax.tree.map(lambda v: jnp.mean(v, axis=0), per_micro))
 
     step = step_one if k == 1 else step_accumulated
     return _CheckedStep(_jit_step(step, ema_decay, model_sharding=model_sharding, opt_sharding=opt_sharding,
