@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from checkpoint_items import read_item
 
 from psa_jax.training.config_schema import load_config
 
@@ -79,17 +80,9 @@ def _wait_for_step(workdir: pathlib.Path, step: int, proc, timeout=240) -> None:
 
 def _weights(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
     """The model and optimizer arrays of checkpoint `step`, read without a target structure."""
-    import jax
-    import orbax.checkpoint as ocp
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     out = {}
     for item in ("model", "opt"):
-        path = workdir / "checkpoints" / str(step) / item
-        with ocp.StandardCheckpointer() as reader:
-            meta = reader.metadata(path)
-            meta = getattr(meta, "item_metadata", meta)
-            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
-            tree = reader.restore(path, target)
+        tree = read_item(workdir / "checkpoints" / str(step) / item)
         out.update({f"{item}{jax_path}": np.asarray(v) for jax_path, v in _flatten(tree)})
     return out
 

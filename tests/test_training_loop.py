@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from checkpoint_items import read_item
 from fake_bucket import fake_bucket_fixture  # noqa: F401  (the fixture `fake_bucket`)
 
 from psa_jax.training import evaluate as eval_script
@@ -329,24 +330,13 @@ def test_loss_ceiling_stops_a_diverged_run_at_its_first_step_above(shared_data, 
 def test_ema_and_gradient_accumulation_in_the_loop(shared_data, tmp_path):
     """ema_decay and grad_accum_steps reach the step: the checkpoint holds an EMA that lags the
     weights, the evaluation scores the EMA, and eval.py reproduces that score from the checkpoint."""
-    import orbax.checkpoint as ocp
-
     workdir = str(tmp_path / "ema")
     config = tiny_config(shared_data, num_steps=4, ema_decay=0.5, grad_accum_steps=2, batch_size=16,
                          **{"eval.every_steps": 4})
     results = train_script.train(config, workdir)
     step_dir = pathlib.Path(workdir) / "checkpoints" / "4"
     assert (step_dir / "ema").is_dir()
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-    def read(item):
-        with ocp.StandardCheckpointer() as reader:
-            meta = reader.metadata(step_dir / item)
-            meta = getattr(meta, "item_metadata", meta)
-            return reader.restore(step_dir / item, jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta))
-
-    model, ema = jax.tree.leaves(read("model")), jax.tree.leaves(read("ema"))
+    model, ema = jax.tree.leaves(read_item(step_dir / "model")), jax.tree.leaves(read_item(step_dir / "ema"))
     floats = [(a, b) for a, b in zip(model, ema) if np.issubdtype(np.asarray(a).dtype, np.floating)]
     assert any(not np.allclose(a, b) for a, b in floats), "the EMA must differ from the live weights"
     again = eval_script.evaluate(config, workdir, "latest")

@@ -40,7 +40,7 @@ from psa_jax.runtime.aot import compile_step
 from psa_jax.runtime.xla_flags import cpu_compiler_options
 from psa_jax.tasks.registry import get_task
 from psa_jax.training.checkpointing import Checkpointer, abstract_like
-from psa_jax.training.init_weights import check_init, initialise_weights
+from psa_jax.training.init_weights import initialise_weights
 from psa_jax.training.metrics_log import MetricsLog
 from psa_jax.training.optimizers import make_optimizer, make_schedule
 from psa_jax.training.preflight import check_layout
@@ -107,8 +107,9 @@ def _prepare_and_run(config, workdir_path, mesh, task, ckpt) -> dict:
     """Data, model, optimizer and shardings; resume; then `_run` (or the end of a finished run)."""
     ck = config.checkpoint
     fresh = ckpt.latest_step() is None
-    if fresh:  # a missing pretrained file stops the run now; a resumed run takes its weights from its checkpoint
-        check_init(config.init)
+    model = task.build_model(nnx.Rngs(config.seed), platform=mesh_platform(mesh))
+    if fresh:  # before the data: a missing pretrained file stops the run now; a resumed run has its checkpoint
+        initialise_weights(model, config.init)
     task.prepare_data()
     task.check_evaluation_inputs()  # e.g. detector boxes for the final evaluation: fail now, not in days
     train_ds, num_examples = task.train_dataset()
@@ -123,9 +124,6 @@ def _prepare_and_run(config, workdir_path, mesh, task, ckpt) -> dict:
     # ---------------------------------------------------------------- model and optimizer
     schedule = make_schedule(config.schedule, base_lr=config.optimizer.lr, steps_per_epoch=steps_per_epoch,
                              total_steps=total_steps)
-    model = task.build_model(nnx.Rngs(config.seed), platform=mesh_platform(mesh))
-    if fresh:
-        initialise_weights(model, config.init)
     optimizer = nnx.Optimizer(model, make_optimizer(config.optimizer, schedule), wrt=nnx.Param)
     model_gd, model_state = nnx.split(model)
     opt_gd, opt_state = nnx.split(optimizer)

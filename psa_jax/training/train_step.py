@@ -232,42 +232,29 @@ def _jit_step(step: Callable, ema_decay: float, *, model_sharding: Any, opt_shar
     documents: state trees or flat lists, with or without the EMA argument; states donated."""
     in_batch = batch_sharding(mesh)
     scalar = NamedSharding(mesh, P())
-    use_ema = ema_decay > 0.0
+    if flat_state:
+        model_def, opt_def = jax.tree.structure(model_sharding), jax.tree.structure(opt_sharding)
+        model_sh, opt_sh = jax.tree.leaves(model_sharding), jax.tree.leaves(opt_sharding)
 
-    if not flat_state:
-        if not use_ema:
-            return jax.jit(step, in_shardings=(model_sharding, opt_sharding, in_batch),
-                           out_shardings=(model_sharding, opt_sharding, scalar), donate_argnums=(0, 1),
-                           compiler_options=compiler_options)
+        def fn(model_leaves, opt_leaves, batch):
+            model_state, opt_state, metrics = step(jax.tree.unflatten(model_def, model_leaves),
+                                                   jax.tree.unflatten(opt_def, opt_leaves), batch)
+            return jax.tree.leaves(model_state), jax.tree.leaves(opt_state), metrics
+    else:
+        fn, model_sh, opt_sh = step, model_sharding, opt_sharding
 
-        def ema_step(model_state, opt_state, ema_state, batch):
-            model_state, opt_state, metrics = step(model_state, opt_state, batch)
-            return model_state, opt_state, _ema(ema_decay, ema_state, model_state), metrics
+    if ema_decay <= 0.0:
+        return jax.jit(fn, in_shardings=(model_sh, opt_sh, in_batch), out_shardings=(model_sh, opt_sh, scalar),
+                       donate_argnums=(0, 1), compiler_options=compiler_options)
 
-        return jax.jit(ema_step, in_shardings=(model_sharding, opt_sharding, model_sharding, in_batch),
-                       out_shardings=(model_sharding, opt_sharding, model_sharding, scalar),
-                       donate_argnums=(0, 1, 2), compiler_options=compiler_options)
+    def ema_fn(model_state, opt_state, ema_state, batch):
+        model_state, opt_state, metrics = fn(model_state, opt_state, batch)
+        ema_state = jax.tree.structure(model_state).unflatten(jax.tree.leaves(ema_state))  # a tuple of leaves too
+        return model_state, opt_state, _ema(ema_decay, ema_state, model_state), metrics
 
-    model_def, opt_def = jax.tree.structure(model_sharding), jax.tree.structure(opt_sharding)
-    model_leaves_sh, opt_leaves_sh = jax.tree.leaves(model_sharding), jax.tree.leaves(opt_sharding)
-
-    def flat_step(model_leaves, opt_leaves, batch):
-        model_state, opt_state, metrics = step(jax.tree.unflatten(model_def, model_leaves),
-                                               jax.tree.unflatten(opt_def, opt_leaves), batch)
-        return jax.tree.leaves(model_state), jax.tree.leaves(opt_state), metrics
-
-    if not use_ema:
-        return jax.jit(flat_step, in_shardings=(model_leaves_sh, opt_leaves_sh, in_batch),
-                       out_shardings=(model_leaves_sh, opt_leaves_sh, scalar), donate_argnums=(0, 1),
-                       compiler_options=compiler_options)
-
-    def flat_ema_step(model_leaves, opt_leaves, ema_leaves, batch):
-        model_leaves, opt_leaves, metrics = flat_step(model_leaves, opt_leaves, batch)
-        return model_leaves, opt_leaves, _ema(ema_decay, list(ema_leaves), model_leaves), metrics
-
-    return jax.jit(flat_ema_step, in_shardings=(model_leaves_sh, opt_leaves_sh, model_leaves_sh, in_batch),
-                   out_shardings=(model_leaves_sh, opt_leaves_sh, model_leaves_sh, scalar),
-                   donate_argnums=(0, 1, 2), compiler_options=compiler_options)
+    return jax.jit(ema_fn, in_shardings=(model_sh, opt_sh, model_sh, in_batch),
+                   out_shardings=(model_sh, opt_sh, model_sh, scalar), donate_argnums=(0, 1, 2),
+                   compiler_options=compiler_options)
 
 
 def make_forward(model_graphdef: nnx.GraphDef, forward: Callable[[nnx.Module, jax.Array], Any], *,
